@@ -1,0 +1,16 @@
+"""iama: inference-aware alignment of language models.
+
+Train one model so that best-of-N, worst-of-N, soft best-of-N or tilting applied to it with a small budget
+satisfies several criteria at once (IAMA, non-linear GRPO), calibrate and transform rewards for the decoding
+procedure (InfAlign-CTRL), and evaluate models the way they are decoded.
+"""
+
+from .algorithms import Algorithm, BestOfN, Sampling, SoftBestOfN, Tilted, WorstOfN, parse_algorithm
+from .objective import Criterion, Estimates, Objective
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Algorithm", "BestOfN", "Criterion", "Estimates", "Objective", "Sampling", "SoftBestOfN", "Tilted",
+    "WorstOfN", "parse_algorithm",
+]

@@ -1,0 +1,501 @@
+"""Inference-time algorithms: exact values and first variations, and their estimates from a group of samples.
+
+An N-sample algorithm draws Y_1..Y_N iid from the policy pi and selects one by reward; its kernel
+f(r_1..r_N) is the expected reward of the selected sample and its value is R[pi] = E f(r(Y_1)..r(Y_N)).
+Its first variation (up to a constant; we always return this canonical form) is
+
+    dR/dpi(y) = N * E_{Y_2..Y_N ~ pi} f(r(y), r(Y_2), ..., r(Y_N)).
+
+`Tilted` is the N -> infinity limit of soft best-of-N: T[pi] ∝ pi * exp(r / tau).
+
+Every array function works on the last axis, so a batch of groups of shape (..., M) is handled at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+from scipy.special import gammaln, log_softmax, logsumexp
+
+# Largest number of (subsets x samples x N) a generic kernel may enumerate before we sample or refuse.
+MAX_ENUMERATION = 20_000_000
+# Subsets drawn per sample by the generic U-statistic when enumerating all of them would cost more.
+MAX_SUBSETS = 4096
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# input handling
+
+
+def _to_numpy(x, name="rewards", check=True):
+    """float64 numpy copy of x and a function that turns a result back into x's type (numpy or torch).
+    With check, refuse what no estimator can use: a scalar, an empty group, NaN or inf."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch here
+        dtype, device = x.dtype, x.device
+        arr = x.detach().cpu().double().numpy()
+
+        def back(a):
+            import torch
+
+            out = torch.as_tensor(np.asarray(a), device=device)
+            return out.to(dtype) if dtype.is_floating_point else out.double()
+
+    else:
+        arr = np.asarray(x, dtype=np.float64)
+
+        def back(a):
+            return np.asarray(a, dtype=np.float64)
+
+    if not check:
+        return arr, back
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have at least one axis (the group); got a scalar")
+    if arr.shape[-1] == 0:
+        raise ValueError(f"{name} has an empty group (last axis of length 0)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contain NaN or infinite values; drop or fix those samples first")
+    return arr, back
+
+
+def _check_distribution(probs, rewards):
+    p = np.asarray(probs, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    if p.ndim != 1 or r.ndim != 1 or p.shape != r.shape or p.size == 0:
+        raise ValueError(f"probs and rewards must be 1-D arrays of equal, non-zero length; got {p.shape} and {r.shape}")
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(r))):
+        raise ValueError("probs and rewards must be finite")
+    if np.any(p < 0) or abs(p.sum() - 1.0) > 1e-8:
+        raise ValueError(f"probs must be non-negative and sum to 1; they sum to {p.sum():.10g}")
+    return p, r
+
+
+def _check_group(m, n, estimator):
+    if n is not None and m < n:
+        raise ValueError(
+            f"the {estimator!r} estimator needs at least N={n} samples per group, got M={m}; "
+            "raise the group size or use estimator='plugin'"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# order statistics: best-of-N in closed form (worst-of-N is best-of-N of -r, negated)
+
+
+def _log_comb(n, k):
+    n, k = np.asarray(n, dtype=np.float64), np.asarray(k, dtype=np.float64)
+    ok = (k >= 0) & (k <= n)
+    out = gammaln(np.where(ok, n, 0) + 1) - gammaln(np.where(ok, k, 0) + 1) - gammaln(np.where(ok, n - k, 0) + 1)
+    return np.where(ok, out, -np.inf)
+
+
+def max_weights(m: int, n: int) -> np.ndarray:
+    """w_i = C(i-1, n-1) / C(m, n), i = 1..m: the probability that the largest of a random n-subset of m
+    sorted items is item i. So sum_i w_i r_(i) is the unbiased estimate of E[max of n] from m samples."""
+    i = np.arange(1, m + 1)
+    return np.exp(_log_comb(i - 1, n - 1) - _log_comb(m, n))
+
+
+def _max_value_exact(sorted_r, cum_p, n):
+    """E[max of n iid] for sorted rewards with cumulative probabilities cum_p (last axis)."""
+    prev = np.concatenate([np.zeros_like(cum_p[..., :1]), cum_p[..., :-1]], axis=-1)
+    return np.sum(sorted_r * (cum_p**n - prev**n), axis=-1)
+
+
+def _max_first_variation(sorted_r, cum_p, n):
+    """n * E[max(r_(p), M')] at every sorted position p, M' the max of n-1 iid draws.
+
+    The distribution puts mass cum_p[i] - cum_p[i-1] on sorted_r[i]; ties need no care because
+    max(r, a) only depends on values, and tied positions come out equal."""
+    if n == 1:
+        return sorted_r.copy()
+    prev = np.concatenate([np.zeros_like(cum_p[..., :1]), cum_p[..., :-1]], axis=-1)
+    q = cum_p ** (n - 1) - prev ** (n - 1)  # P(M' = sorted_r[i]) by position
+    tail = np.cumsum((q * sorted_r)[..., ::-1], axis=-1)[..., ::-1]  # sum_{i >= p} q_i a_i
+    above = np.concatenate([tail[..., 1:], np.zeros_like(tail[..., :1])], axis=-1)  # sum_{i > p}
+    return n * (sorted_r * cum_p ** (n - 1) + above)
+
+
+def _max_estimates_sorted(a, n, estimator):
+    """First-variation estimates s and leave-one-out baselines b at each sorted position of groups a (..., M).
+
+    unbiased: s_p = n * mean over (n-1)-subsets S of the others of max(a_p, a_S),
+              b_p = n * mean over the same subsets of max(a_S).
+    plugin:   s_p = the first variation at the group's empirical distribution,
+              b_p = n * E[max of n-1 draws with replacement from the others].
+    Both baselines weight the others' order statistics o_0 <= ... <= o_{M-2}; o_i = a_i below p, a_{i+1} above.
+    """
+    m = a.shape[-1]
+    if n == 1:  # plain sampling: RLOO baseline
+        b = (a.sum(-1, keepdims=True) - a) / (m - 1) if m > 1 else np.zeros_like(a)
+        return a.copy(), b
+    if m == 1:  # plugin on a single sample: the others are empty
+        return n * a, np.zeros_like(a)
+    k = np.arange(1, m)  # order-statistic ranks among the m-1 others
+    if estimator == "unbiased":
+        w = max_weights(m - 1, n - 1)
+    else:
+        w = (k / (m - 1)) ** (n - 1) - ((k - 1) / (m - 1)) ** (n - 1)
+    lower = np.concatenate([np.zeros_like(a[..., :1]), np.cumsum(w * a[..., :-1], axis=-1)], axis=-1)
+    upper_terms = w * a[..., 1:]
+    upper = np.concatenate([np.cumsum(upper_terms[..., ::-1], axis=-1)[..., ::-1], np.zeros_like(a[..., :1])], axis=-1)
+    b = n * (lower + upper)
+    if estimator == "unbiased":
+        cw = np.concatenate([[0.0], np.cumsum(w)])  # weight of the others below p
+        s = n * (a * cw + upper)
+    else:
+        cum = np.broadcast_to(np.arange(1, m + 1) / m, a.shape)
+        s = _max_first_variation(a, cum, n)
+    return s, b
+
+
+def _sorted_apply(r, fn):
+    """Apply fn to r sorted along the last axis and put its outputs back in r's order."""
+    order = np.argsort(r, axis=-1, kind="stable")
+    a = np.take_along_axis(r, order, axis=-1)
+    outs = fn(a)
+    inv = np.argsort(order, axis=-1, kind="stable")
+    return tuple(np.take_along_axis(o, inv, axis=-1) for o in outs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generic symmetric kernels (soft best-of-N): enumeration, or sampling when enumeration is too large
+
+
+def _multisets(k, size):
+    """All multisets of `size` items from range(k) as an index array (S, size), with multinomial coefficients."""
+    idx = np.array(list(itertools.combinations_with_replacement(range(k), size)), dtype=np.int64).reshape(-1, size)
+    coef = np.full(len(idx), math.factorial(size), dtype=np.float64)
+    for row, c in enumerate(idx):
+        for count in np.unique(c, return_counts=True)[1]:
+            coef[row] /= math.factorial(int(count))
+    return idx, coef
+
+
+def _generic_first_variation(probs, rewards, n, kernel):
+    """n * E[f(r_j, Y_2..Y_n)] with Y iid from probs, for every j (last axis), by enumerating multisets."""
+    k = rewards.shape[-1]
+    if n == 1:
+        return kernel(rewards[..., None])
+    count = math.comb(k + n - 2, n - 1)
+    if count * k * n > MAX_ENUMERATION:
+        raise ValueError(
+            f"exact soft best-of-{n} over {k} distinct rewards needs {count:,} multisets per response, "
+            f"more than the enumeration limit; use fewer distinct rewards or a smaller N"
+        )
+    idx, coef = _multisets(k, n - 1)
+    weight = coef * np.prod(probs[..., idx], axis=-1)  # (..., S)
+    others = rewards[..., idx]  # (..., S, n-1)
+    own = np.broadcast_to(rewards[..., :, None, None], rewards.shape + (len(idx), 1))
+    full = np.concatenate([own, np.broadcast_to(others[..., None, :, :], own.shape[:-1] + (n - 1,))], axis=-1)
+    return n * np.sum(kernel(full) * weight[..., None, :], axis=-1)
+
+
+def _subset_index(m, n, rng):
+    """Indices into the m-1 others of each sample: (m, S, n-1), all subsets if few, else S random ones."""
+    others = np.array([[i for i in range(m) if i != j] for j in range(m)], dtype=np.int64).reshape(m, m - 1)
+    total = math.comb(m - 1, n - 1)
+    if total * m * n <= MAX_ENUMERATION and total <= MAX_SUBSETS:
+        combos = np.array(list(itertools.combinations(range(m - 1), n - 1)), dtype=np.int64).reshape(-1, n - 1)
+        return others[:, combos]
+    rng = np.random.default_rng(rng)
+    picks = np.argsort(rng.random((m, MAX_SUBSETS, m - 1)), axis=-1)[..., : n - 1]
+    return np.take_along_axis(others[:, None, :], picks, axis=-1)
+
+
+def _generic_estimates(r, n, kernel, estimator, rng):
+    """(s, b) for a generic kernel; see _max_estimates_sorted for what they are."""
+    m = r.shape[-1]
+    if n == 1:
+        b = (r.sum(-1, keepdims=True) - r) / (m - 1) if m > 1 else np.zeros_like(r)
+        return r.copy(), b
+    if estimator == "plugin":
+        uniform = np.full(r.shape, 1.0 / m)
+        s = _generic_first_variation(uniform, r, n, kernel)
+        others = np.stack([np.delete(r, j, axis=-1) for j in range(m)], axis=-2)  # (..., m, m-1)
+        b = n * _generic_first_variation(np.full(others.shape, 1.0 / (m - 1)), others, n - 1, kernel).mean(-1) / (n - 1)
+        # n * E f_{n-1}(Z_1..Z_{n-1}) = n * mean_j' [E f_{n-1}(z_j', Z_2..)] = n * mean(fv_{n-1}) / (n-1)
+        return s, b
+    idx = _subset_index(m, n, rng)  # (m, S, n-1)
+    subsets = r[..., idx]  # (..., m, S, n-1)
+    own = np.broadcast_to(r[..., :, None, None], subsets.shape[:-1] + (1,))
+    s = n * kernel(np.concatenate([own, subsets], axis=-1)).mean(-1)
+    b = n * kernel(subsets).mean(-1)
+    return s, b
+
+
+def _generic_value_estimate(r, n, kernel, rng):
+    """Unbiased E f(Y_1..Y_n) from a group: the mean of f over n-subsets (all, or MAX_SUBSETS random ones)."""
+    m = r.shape[-1]
+    total = math.comb(m, n)
+    if total <= MAX_SUBSETS:
+        idx = np.array(list(itertools.combinations(range(m), n)), dtype=np.int64).reshape(-1, n)
+    else:
+        idx = np.argsort(np.random.default_rng(rng).random((MAX_SUBSETS, m)), axis=-1)[:, :n]
+    return kernel(r[..., idx]).mean(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the algorithms
+
+
+class Algorithm:
+    """Base class. N-sample algorithms set `n` and implement `kernel`; estimates default to the U-statistic."""
+
+    n: int | None = None
+    estimators: tuple[str, ...] = ("unbiased", "plugin")
+    default_estimator = "unbiased"
+
+    def kernel(self, r):
+        """Expected reward of the selected sample, for samples' rewards on the last axis."""
+        raise NotImplementedError
+
+    # exact, on a finite response set ---------------------------------------------------------------------------
+    def value(self, probs, rewards) -> float:
+        p, r = _check_distribution(probs, rewards)
+        vals, inv = np.unique(r, return_inverse=True)
+        pv = np.bincount(inv, weights=p, minlength=len(vals))
+        idx, coef = _multisets(len(vals), self.n) if self._feasible(len(vals)) else self._too_large(len(vals))
+        return float(np.sum(coef * np.prod(pv[idx], axis=-1) * self.kernel(vals[idx])))
+
+    def first_variation(self, probs, rewards) -> np.ndarray:
+        p, r = _check_distribution(probs, rewards)
+        vals, inv = np.unique(r, return_inverse=True)
+        pv = np.bincount(inv, weights=p, minlength=len(vals))
+        return _generic_first_variation(pv, vals, self.n, self.kernel)[inv]
+
+    def _feasible(self, k):
+        return math.comb(k + self.n - 1, self.n) * self.n <= MAX_ENUMERATION
+
+    def _too_large(self, k):
+        raise ValueError(f"exact {self} over {k} distinct rewards needs too many multisets to enumerate")
+
+    # estimates from groups -------------------------------------------------------------------------------------
+    def _estimates(self, r, estimator, rng):
+        return _generic_estimates(r, self.n, self.kernel, estimator, rng)
+
+    def estimate(self, group_rewards, estimator=None, *, rng=None):
+        """Per-sample first-variation estimates s and leave-one-out baselines b (built from the other samples
+        only), both shaped like group_rewards (..., M) and of its type (numpy or torch)."""
+        estimator = estimator or self.default_estimator
+        if estimator not in self.estimators:
+            raise ValueError(f"unknown estimator {estimator!r} for {self}; choose one of {self.estimators}")
+        r, back = _to_numpy(group_rewards)
+        if estimator == "unbiased":
+            _check_group(r.shape[-1], self.n, estimator)
+        s, b = self._estimates(r, estimator, rng)
+        return back(s), back(b)
+
+    def estimate_first_variation(self, group_rewards, estimator=None, *, rng=None):
+        return self.estimate(group_rewards, estimator, rng=rng)[0]
+
+    def loo_baseline(self, group_rewards, estimator=None, *, rng=None):
+        return self.estimate(group_rewards, estimator, rng=rng)[1]
+
+    def estimate_value(self, group_rewards, *, rng=None):
+        """Unbiased estimate of R per group (shape (...)), from the group's M >= N samples."""
+        r, back = _to_numpy(group_rewards)
+        _check_group(r.shape[-1], self.n, "unbiased")
+        return back(self._value_estimate(r, rng))
+
+    def _value_estimate(self, r, rng):
+        return _generic_value_estimate(r, self.n, self.kernel, rng)
+
+    # deployment ------------------------------------------------------------------------------------------------
+    def select(self, rewards, generator=None):
+        """Index of the selected candidate among N (last axis); batched over leading axes."""
+        r = np.asarray(rewards, dtype=np.float64)
+        if r.ndim == 0 or r.shape[-1] != self.n:
+            raise ValueError(f"{self} selects among exactly {self.n} candidates; got shape {r.shape}")
+        if not np.all(np.isfinite(r)):
+            raise ValueError("candidate rewards contain NaN or infinite values")
+        return self._select(r, np.random.default_rng(generator))
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{v!r}' for v in self._args())})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self._args() == other._args()
+
+    def __hash__(self):
+        return hash((type(self).__name__, self._args()))
+
+
+class _OrderStatistic(Algorithm):
+    """Best-of-N (sign +1, kernel max) and worst-of-N (sign -1, kernel min) in closed form: O(M log M) per group.
+    Worst-of-N of r is minus best-of-N of -r."""
+
+    sign = 1.0
+    prefix = "bon"
+
+    def __init__(self, n: int):
+        if int(n) != n or n < 1:
+            raise ValueError(f"N must be a positive integer, got {n!r}")
+        self.n = int(n)
+
+    def _args(self):
+        return (self.n,)
+
+    @property
+    def spec(self):
+        return f"{self.prefix}:{self.n}"
+
+    def kernel(self, r):
+        return self.sign * np.max(self.sign * np.asarray(r), axis=-1)
+
+    def value(self, probs, rewards):
+        p, r = _check_distribution(probs, rewards)
+        order = np.argsort(self.sign * r, kind="stable")
+        return float(self.sign * _max_value_exact(self.sign * r[order], np.cumsum(p[order]), self.n))
+
+    def first_variation(self, probs, rewards):
+        p, r = _check_distribution(probs, rewards)
+        order = np.argsort(self.sign * r, kind="stable")
+        out = np.empty_like(r)
+        out[order] = self.sign * _max_first_variation(self.sign * r[order], np.cumsum(p[order]), self.n)
+        return out
+
+    def _estimates(self, r, estimator, rng):
+        s, b = _sorted_apply(self.sign * r, lambda a: _max_estimates_sorted(a, self.n, estimator))
+        return self.sign * s, self.sign * b
+
+    def _value_estimate(self, r, rng):
+        return self.sign * np.sum(np.sort(self.sign * r, axis=-1) * max_weights(r.shape[-1], self.n), axis=-1)
+
+    def _select(self, r, rng):
+        return np.argmax(self.sign * r, axis=-1)
+
+
+class BestOfN(_OrderStatistic):
+    """Draw N, keep the highest reward. Kernel max."""
+
+
+class WorstOfN(_OrderStatistic):
+    """Draw N, keep the lowest reward (an attacker searching for the worst response). Kernel min."""
+
+    sign = -1.0
+    prefix = "won"
+
+
+class Sampling(_OrderStatistic):
+    """One sample, no selection: R = E_pi r, the linear objective of ordinary RLHF/GRPO."""
+
+    prefix = "sampling"
+
+    def __init__(self):
+        self.n = 1
+
+    def _args(self):
+        return ()
+
+    @property
+    def spec(self):
+        return "sampling"
+
+
+class SoftBestOfN(Algorithm):
+    """Draw N, pick sample k with probability softmax(r / temperature)_k. Kernel sum_k softmax(r/tau)_k r_k."""
+
+    def __init__(self, n: int, temperature: float):
+        if int(n) != n or n < 1:
+            raise ValueError(f"N must be a positive integer, got {n!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        self.n, self.temperature = int(n), float(temperature)
+
+    def _args(self):
+        return (self.n, self.temperature)
+
+    @property
+    def spec(self):
+        return f"soft_bon:{self.n}:{self.temperature:g}"
+
+    def kernel(self, r):
+        return np.sum(np.exp(log_softmax(r / self.temperature, axis=-1)) * r, axis=-1)
+
+    def _select(self, r, rng):
+        p = np.exp(log_softmax(r / self.temperature, axis=-1))
+        u = rng.random(r.shape[:-1] + (1,))
+        return np.minimum((np.cumsum(p, axis=-1) < u).sum(-1), self.n - 1)
+
+
+class Tilted(Algorithm):
+    """T[pi] ∝ pi * exp(r / temperature), the N -> infinity limit of soft best-of-N.
+
+    R = E_pi[r e^{r/tau}] / Z and dR/dpi(y) = e^{r(y)/tau} / Z * (r(y) - R), Z = E_pi e^{r/tau}. From a group:
+    'plugin' takes Z and R from the whole group, 'loo' (the default) from the other M-1 samples. Both have
+    (nearly) zero mean already, so the leave-one-out baseline is 0. The value estimate is self-normalised:
+    consistent, not unbiased (no unbiased estimator of a ratio exists)."""
+
+    estimators = ("loo", "plugin")
+    default_estimator = "loo"
+
+    def __init__(self, temperature: float):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def _args(self):
+        return (self.temperature,)
+
+    @property
+    def spec(self):
+        return f"tilted:{self.temperature:g}"
+
+    def value(self, probs, rewards):
+        p, r = _check_distribution(probs, rewards)
+        with np.errstate(divide="ignore"):
+            return float(np.sum(np.exp(log_softmax(np.log(p) + r / self.temperature)) * r))
+
+    def first_variation(self, probs, rewards):
+        p, r = _check_distribution(probs, rewards)
+        with np.errstate(divide="ignore"):
+            log_z = logsumexp(np.log(p) + r / self.temperature)
+        return np.exp(r / self.temperature - log_z) * (r - self.value(p, r))
+
+    def _estimates(self, r, estimator, rng):
+        m = r.shape[-1]
+        x = r / self.temperature
+        if estimator == "plugin" or m == 1:
+            w = np.exp(x - logsumexp(x, axis=-1, keepdims=True))  # softmax = e^{x_j} / (M Z)
+            value = np.sum(w * r, axis=-1, keepdims=True)
+            return m * w * (r - value), np.zeros_like(r)
+        # leave-one-out: for sample j, Z and R from the others (an (M, M) mask per group; M is small)
+        mask = ~np.eye(m, dtype=bool)
+        xo = np.where(mask, x[..., None, :], -np.inf)  # (..., M, M): row j holds the others of j
+        log_zo = logsumexp(xo, axis=-1) - np.log(m - 1)
+        value_o = np.sum(np.exp(xo - logsumexp(xo, axis=-1, keepdims=True)) * np.where(mask, r[..., None, :], 0), axis=-1)
+        return np.exp(x - log_zo) * (r - value_o), np.zeros_like(r)
+
+    def _value_estimate(self, r, rng):
+        return np.sum(np.exp(log_softmax(r / self.temperature, axis=-1)) * r, axis=-1)
+
+    def estimate_value(self, group_rewards, *, rng=None):
+        r, back = _to_numpy(group_rewards)
+        return back(self._value_estimate(r, rng))
+
+    def select(self, rewards, generator=None):
+        """Sample a candidate with probability ∝ exp(r / temperature) (soft best-of-N over the given pool)."""
+        r = np.asarray(rewards, dtype=np.float64)
+        return SoftBestOfN(r.shape[-1], self.temperature).select(r, generator)
+
+
+def parse_algorithm(spec) -> Algorithm:
+    """'sampling', 'bon:4', 'won:4', 'soft_bon:4:0.1', 'tilted:0.1' (or an Algorithm, returned as is)."""
+    if isinstance(spec, Algorithm):
+        return spec
+    text = str(spec).strip().lower()
+    name, *args = text.split(":")
+    forms = {"sampling": (Sampling, ()), "bon": (BestOfN, (int,)), "won": (WorstOfN, (int,)),
+             "soft_bon": (SoftBestOfN, (int, float)), "tilted": (Tilted, (float,))}
+    if name not in forms:
+        raise ValueError(f"unknown algorithm {spec!r}; write one of: sampling, bon:N, won:N, soft_bon:N:TAU, tilted:TAU")
+    cls, types = forms[name]
+    if len(args) != len(types):
+        raise ValueError(f"algorithm {spec!r} takes {len(types)} argument(s) after {name!r}")
+    try:
+        values = [t(a) for t, a in zip(types, args)]
+    except ValueError:
+        raise ValueError(f"algorithm {spec!r}: cannot read its arguments") from None
+    return cls(*values)
