@@ -466,7 +466,13 @@ class Tilted(Algorithm):
         xo = np.where(mask, x[..., None, :], -np.inf)  # (..., M, M): row j holds the others of j
         log_zo = logsumexp(xo, axis=-1) - np.log(m - 1)
         value_o = np.sum(np.exp(xo - logsumexp(xo, axis=-1, keepdims=True)) * np.where(mask, r[..., None, :], 0), axis=-1)
-        return np.exp(x - log_zo) * (r - value_o), np.zeros_like(r)
+        log_w = x - log_zo
+        if np.any(log_w > 700):  # e^700 is near float64's limit: the estimate itself is not representable
+            raise ValueError(
+                f"{self}: leave-one-out weights exp(r_j/tau)/Z_-j overflow (rewards spread {np.ptp(r):.3g} "
+                f"over temperature {self.temperature:g}); raise the temperature or use estimator='plugin'"
+            )
+        return np.exp(log_w) * (r - value_o), np.zeros_like(r)
 
     def _value_estimate(self, r, rng):
         return np.sum(np.exp(log_softmax(r / self.temperature, axis=-1)) * r, axis=-1)
