@@ -1,0 +1,233 @@
+"""The training config: one flat dataclass, read from YAML, overridden from the command line, validated before
+any model loads. Keys that are not ours but are fields of TRL's GRPOConfig pass through to it unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; its message is one line meant for the user."""
+
+
+@dataclass
+class TrainConfig:
+    # the policy: a built-in name (tiny-gpt2, smollm2-135m-instruct), a local path or a Hugging Face id
+    model: str = "tiny-gpt2"
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    # the prompts: "builtin", a local .jsonl/.csv/.txt file, or "hf:NAME[:CONFIG]"
+    prompts: str = "builtin"
+    prompt_column: str = "prompt"
+    prompt_split: str = "train"
+    max_prompts: int | None = None
+    # the objective: criteria [{name, reward, algorithm, weight, calibrated, transform}] and how to combine them
+    criteria: list = field(default_factory=lambda: [{"name": "length", "reward": "length:16:64", "algorithm": "bon:4"}])
+    aggregator: str = "sum"  # sum | min | smoothmin
+    gamma: float = 1.0  # smoothmin sharpness
+    estimator: str = "unbiased"  # unbiased | plugin
+    baseline: str = "loo"  # loo | group_mean | none
+    scale_rewards: str = "group"  # divide advantages by the group's std, as TRL's GRPO does: group | batch | none
+    num_generations: int = 8  # M, the group size: samples per prompt
+    invalid_rewards: str = "stop"  # a reward that is NaN/None or raises: stop (naming it) | drop (the sample, counted)
+    calibration: str | None = None  # reference-reward store for criteria with calibrated: true (iama calibrate)
+    # the KL: a fixed beta, or a target KL held by a log-space proportional controller on beta
+    beta: float = 0.0
+    target_kl: float | None = None
+    kl_gain: float = 0.1
+    # the run
+    max_steps: int = 100
+    seed: int = 0
+    output_dir: str = "runs/iama"
+    resume: bool = True  # continue from the last complete checkpoint in output_dir
+    # anything else for TRL's GRPOConfig (learning_rate, max_completion_length, use_vllm, ...)
+    trl: dict = field(default_factory=dict)
+
+    @property
+    def criteria_names(self) -> list[str]:
+        return [c["name"] for c in self.criteria]
+
+
+OURS = {f.name for f in dataclasses.fields(TrainConfig)}
+# our keys that are also GRPOConfig fields and are passed to it under the same name
+SHARED_WITH_TRL = ("num_generations", "beta", "max_steps", "seed", "output_dir", "scale_rewards")
+
+
+def _grpo_defaults() -> dict:
+    from trl import GRPOConfig
+
+    return {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+
+
+def _check_types(values: dict, defaults: dict, where: str) -> None:
+    """A value must have the kind of its field's default (bool, int, float, str); None defaults accept anything.
+    Numbers written the way YAML 1.1 reads as strings ("1e-3") are converted. Catches `learning_rate: fast`
+    here rather than deep inside the optimiser."""
+    for key, value in values.items():
+        default = defaults.get(key)
+        if default is None or default is dataclasses.MISSING or value is None:
+            continue
+        kind = type(default)
+        if kind in (int, float) and isinstance(value, str):
+            try:
+                value = values[key] = kind(float(value)) if kind is float else int(value)
+            except ValueError:
+                pass
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if kind in (bool, int, float, str) and type(value) is not kind:
+            raise ConfigError(f"{where}{key} must be a {kind.__name__}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.0=value' -> (['a', 'b', '0'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_override(raw: dict, path: list[str], value) -> None:
+    node = raw
+    for i, part in enumerate(path[:-1]):
+        nxt = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        if not isinstance(nxt, (dict, list)):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a mapping or list")
+        node = nxt
+    last = path[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path=None, overrides=(), **kwargs) -> TrainConfig:
+    """Read YAML (or none), apply KEY=VALUE overrides and keyword arguments, validate the structure.
+
+    Top-level keys that are TRL GRPOConfig fields are moved into `trl`; unknown keys are an error."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    for text in overrides:
+        keys, value = parse_override(text)
+        try:
+            apply_override(raw, keys, value)
+        except (IndexError, ValueError, KeyError) as e:
+            raise ConfigError(f"override {text!r} does not apply: {e}") from None
+    raw.update(kwargs)
+    trl = dict(raw.pop("trl", None) or {})
+    grpo = _grpo_defaults()
+    for key in list(raw):
+        if key not in OURS:
+            if key in grpo:
+                trl[key] = raw.pop(key)
+            else:
+                raise ConfigError(f"unknown config key {key!r}: not an iama key and not a field of TRL's GRPOConfig")
+    bad = sorted(set(trl) - set(grpo))
+    if bad:
+        raise ConfigError(f"unknown TRL GRPOConfig field(s): {', '.join(bad)}")
+    clash = sorted(set(trl) & set(SHARED_WITH_TRL))
+    if clash:
+        raise ConfigError(f"set {', '.join(clash)} at the top level of the config, not under trl")
+    ours = {f.name: (f.default if f.default is not dataclasses.MISSING else None) for f in dataclasses.fields(TrainConfig)}
+    _check_types(raw, ours, "")
+    _check_types(trl, grpo, "TRL GRPOConfig field ")
+    cfg = TrainConfig(**raw, trl=trl)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig, check_model: bool = True) -> None:
+    """Everything that can be checked without loading a model: fails with one clear line (ConfigError)."""
+    from .algorithms import parse_algorithm
+    from .objective import Objective
+
+    if not isinstance(cfg.criteria, list) or not cfg.criteria:
+        raise ConfigError("criteria must be a non-empty list of {name, reward, algorithm, weight}")
+    allowed = {"name", "reward", "algorithm", "weight", "calibrated", "transform"}
+    for i, c in enumerate(cfg.criteria):
+        if not isinstance(c, dict) or "name" not in c or "reward" not in c:
+            raise ConfigError(f"criterion {i} must be a mapping with at least 'name' and 'reward'")
+        extra = sorted(set(c) - allowed)
+        if extra:
+            raise ConfigError(f"criterion {c['name']!r}: unknown key(s) {', '.join(extra)}; allowed: {sorted(allowed)}")
+        try:
+            parse_algorithm(c.get("algorithm", "sampling"))
+            float(c.get("weight", 1.0))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"criterion {c['name']!r}: {e}") from None
+        if c.get("transform") and not c.get("calibrated"):
+            raise ConfigError(f"criterion {c['name']!r}: a transform applies to calibrated rewards; set calibrated: true")
+    objective = build_objective(cfg)
+    if cfg.num_generations < 2:
+        raise ConfigError(f"num_generations (the group size M) must be at least 2, got {cfg.num_generations}")
+    need = objective.min_group_size()
+    if cfg.num_generations < need:
+        raise ConfigError(
+            f"num_generations={cfg.num_generations} is smaller than N={objective.max_n} of the largest algorithm; "
+            f"the {cfg.estimator!r} estimator needs M >= {need}"
+        )
+    if cfg.invalid_rewards not in ("stop", "drop"):
+        raise ConfigError(f"invalid_rewards must be 'stop' or 'drop', got {cfg.invalid_rewards!r}")
+    if cfg.beta < 0:
+        raise ConfigError(f"beta must be >= 0, got {cfg.beta}")
+    if cfg.target_kl is not None and (cfg.target_kl <= 0 or cfg.beta <= 0):
+        raise ConfigError("target_kl needs target_kl > 0 and an initial beta > 0 (the controller scales beta)")
+    if cfg.max_steps < 1:
+        raise ConfigError(f"max_steps must be >= 1, got {cfg.max_steps}")
+    if any(c.get("calibrated") for c in cfg.criteria) and not cfg.calibration:
+        raise ConfigError("calibrated criteria need `calibration:` (a store written by `iama calibrate`)")
+    from .rewards import check_reward
+
+    for c in cfg.criteria:
+        try:
+            check_reward(c["reward"])
+        except ValueError as e:
+            raise ConfigError(f"criterion {c['name']!r}: {e}") from None
+        if c.get("calibrated"):
+            from .ctrl import parse_transform
+
+            try:
+                parse_transform(c.get("transform") or "identity")
+            except ValueError as e:
+                raise ConfigError(f"criterion {c['name']!r}: {e}") from None
+    from .trainer import grpo_config
+
+    grpo_config(cfg)  # TRL's own checks (batch sizes, field types) before any model loads
+    if check_model:
+        from .models import check_model as _check_model
+
+        try:
+            _check_model(cfg.model)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def build_objective(cfg: TrainConfig):
+    from .objective import Criterion, Objective
+
+    try:
+        criteria = [Criterion(c["name"], c.get("algorithm", "sampling"), float(c.get("weight", 1.0)), c["reward"])
+                    for c in cfg.criteria]
+        return Objective(criteria, aggregator=cfg.aggregator, gamma=cfg.gamma, estimator=cfg.estimator,
+                         baseline=cfg.baseline, scale_rewards=cfg.scale_rewards)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

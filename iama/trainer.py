@@ -1,0 +1,278 @@
+"""Non-linear GRPO on TRL: GRPOTrainer whose advantages come from the iama objective.
+
+TRL computes one reward per criterion per completion and gathers them across processes (`_calculate_rewards`);
+we turn the gathered (groups, M, criteria) rewards into first-variation estimates minus a leave-one-out
+baseline (the objective), and put this process's slice in place of TRL's advantages. Everything else
+(generation, vLLM, PEFT, the clipped loss, the KL penalty, accelerate/DeepSpeed) is TRL's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from .config import ConfigError, TrainConfig, build_objective, to_dict, validate
+from .utils import atomic_write_json, atomic_write_text
+
+
+class RewardFailure(RuntimeError):
+    """A reward returned NaN/None or raised, and the policy is to stop."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rewards: one TRL reward function per criterion, with the invalid-reward policy applied
+
+
+def guard_reward(fn, name: str, policy: str):
+    """Wrap a TRL-style reward so that NaN/None/inf or an exception either stops the run naming the reward
+    ('stop') or becomes NaN for just the failing samples ('drop'; the objective drops and counts them)."""
+
+    def call(prompts, completions, **kwargs):
+        n = len(completions)
+        try:
+            out = list(fn(prompts=prompts, completions=completions, **kwargs))
+        except Exception as e:
+            if policy == "stop":
+                raise RewardFailure(f"reward {name!r} raised {type(e).__name__}: {e}") from e
+            out = [_one(fn, prompts, completions, kwargs, i) for i in range(n)]  # find the failing samples
+        if len(out) != n:
+            raise RewardFailure(f"reward {name!r} returned {len(out)} values for {n} completions")
+        values = [math.nan if v is None else float(v) for v in out]
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad and policy == "stop":
+            raise RewardFailure(
+                f"reward {name!r} returned NaN/None/inf for {len(bad)} of {n} completions "
+                f"(first: {str(completions[bad[0]])[:60]!r}); set invalid_rewards: drop to drop such samples"
+            )
+        return [v if math.isfinite(v) else math.nan for v in values]
+
+    call.__name__ = name
+    return call
+
+
+def _one(fn, prompts, completions, kwargs, i):
+    n = len(completions)
+    sliced = {k: (v[i : i + 1] if isinstance(v, list) and len(v) == n else v) for k, v in kwargs.items()}
+    try:
+        return list(fn(prompts=prompts[i : i + 1], completions=completions[i : i + 1], **sliced))[0]
+    except Exception:
+        return math.nan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the trainer
+
+
+def kl_controller(beta: float, kl: float, target: float, gain: float) -> float:
+    """Log-space proportional control: log beta += gain * (KL - target) / target, the error clipped to [-1, 1]
+    so that one noisy batch cannot swing beta far."""
+    return float(beta * math.exp(gain * float(np.clip((kl - target) / target, -1.0, 1.0))))
+
+
+class IAMATrainer(GRPOTrainer):
+    """GRPOTrainer with the iama objective's advantages and an optional KL controller on beta."""
+
+    def __init__(self, *args, objective, target_kl=None, kl_gain=0.1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.target_kl, self.kl_gain = target_kl, kl_gain
+        self._gathered_rewards = None
+        if len(self.reward_funcs) != len(objective.criteria):
+            raise ValueError(f"{len(self.reward_funcs)} reward functions for {len(objective.criteria)} criteria")
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._gathered_rewards = rewards  # (all processes' completions, criteria), already gathered
+        return rewards
+
+    def iama_estimates(self, rewards: torch.Tensor, num_generations: int):
+        """The objective on gathered rewards (B, m): groups are consecutive runs of num_generations rows."""
+        return self.objective(rewards.view(-1, num_generations, rewards.shape[-1]))
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        m = self.num_generations if mode == "train" else self.num_generations_eval
+        est = self.iama_estimates(self._gathered_rewards, m)
+        advantages = est.advantages.reshape(-1)
+        local = out["advantages"].shape[0]
+        start = self.accelerator.process_index * local
+        out["advantages"] = advantages[start : start + local].to(out["advantages"])
+        metrics = self._metrics[mode]
+        for c, value in zip(self.objective.criteria, np.nanmean(est.values, axis=0) if len(est.values) else []):
+            metrics[f"iama/{c.name}/{c.algorithm.spec}"].append(float(value))
+        metrics["iama/objective"].append(est.objective)
+        metrics["iama/dropped_samples"].append(float(est.dropped))
+        metrics["iama/advantage_abs"].append(float(advantages.abs().mean()))
+        metrics["beta"].append(float(self.beta))
+        return out
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        kl = self._metrics["train"].get("kl")
+        if self.target_kl is not None and kl:
+            self.beta = kl_controller(self.beta, kl[-1], self.target_kl, self.kl_gain)
+        return loss
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            atomic_write_json(folder / "iama_state.json", {"beta": self.beta})
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        state = Path(checkpoint or "") / "iama_state.json"
+        if checkpoint and state.is_file():
+            self.beta = json.loads(state.read_text())["beta"]
+
+
+class CSVLogger(TrainerCallback):
+    """Every log row to OUTPUT/metrics.csv, rewritten atomically; on resume, rows past the checkpoint go."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if float(r.get("step") or 0) <= state.global_step]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.rows.append({"step": state.global_step, **{k: v for k, v in logs.items() if np.isscalar(v)}})
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building and running a training job from a TrainConfig
+
+
+def grpo_config(cfg: TrainConfig) -> GRPOConfig:
+    """TRL's config: our shared keys, CPU-friendly defaults the user did not set, then the user's TRL fields."""
+    on_gpu = torch.cuda.is_available()
+    defaults = dict(
+        logging_steps=1, save_steps=max(1, min(50, cfg.max_steps // 4)), save_total_limit=2,
+        report_to=["tensorboard"], bf16=on_gpu, gradient_checkpointing=False, disable_dropout=True,
+        use_cpu=not on_gpu,  # also makes processes started by `accelerate launch --multi_gpu` talk over gloo
+        max_completion_length=64, per_device_train_batch_size=cfg.num_generations,
+    )
+    kwargs = {**defaults, **cfg.trl}
+    kwargs["reward_weights"] = [float(c.get("weight", 1.0)) for c in cfg.criteria]  # TRL logs its weighted reward
+    for key in ("num_generations", "beta", "max_steps", "seed", "output_dir", "scale_rewards"):
+        kwargs[key] = getattr(cfg, key)
+    try:
+        return GRPOConfig(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"TRL's GRPOConfig refused the config: {str(e).splitlines()[0]}") from None
+
+
+def last_checkpoint(output_dir) -> str | None:
+    """The newest checkpoint that was written completely (trainer_state.json is saved last)."""
+    folders = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    complete = [p for p in folders if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return str(complete[-1]) if complete else None
+
+
+def build_rewards(cfg: TrainConfig, tokenizer):
+    from .rewards import build_reward
+
+    store = None
+    if any(c.get("calibrated") for c in cfg.criteria):
+        from .ctrl import CalibrationStore
+
+        store = CalibrationStore.load(cfg.calibration)
+    funcs = []
+    for c in cfg.criteria:
+        fn = build_reward(c["reward"], tokenizer=tokenizer)
+        if c.get("calibrated"):
+            from .ctrl import calibrated_transformed_reward
+
+            fn = calibrated_transformed_reward(fn, store, c["name"], c.get("transform") or "identity")
+        funcs.append(guard_reward(fn, c["name"], cfg.invalid_rewards))
+    return funcs
+
+
+def save_final(trainer, tokenizer, final: Path, cfg: TrainConfig) -> Path:
+    """OUTPUT/final: a plain Hugging Face model (LoRA merged) with its tokenizer, swapped in atomically."""
+    if not trainer.accelerator.is_main_process:
+        return final
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    tmp = final.with_name(".final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "iama_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    old = final.with_name(".final.old")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def build_trainer(cfg: TrainConfig, callbacks=()):
+    """The IAMATrainer for `cfg`, and the tokenizer; loads the model and the rewards."""
+    from transformers import AutoTokenizer
+
+    from .data import load_prompts, prompt_dataset
+    from .models import resolve_model
+
+    model_path = resolve_model(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.max_prompts)
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    trainer = IAMATrainer(
+        model=model_path, reward_funcs=build_rewards(cfg, tokenizer), args=grpo_config(cfg),
+        train_dataset=prompt_dataset(prompts, tokenizer), processing_class=tokenizer, peft_config=peft_config,
+        objective=build_objective(cfg), target_kl=cfg.target_kl, kl_gain=cfg.kl_gain, callbacks=list(callbacks),
+    )
+    return trainer, tokenizer
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train the policy of `cfg` and return OUTPUT/final. Resumes from the last complete checkpoint."""
+    validate(cfg)
+    out = Path(cfg.output_dir)
+    final = out / "final"
+    if cfg.resume and (final / "iama_config.yaml").is_file():
+        print(f"{final} exists: the run is complete (set resume=false or another output_dir to train again)")
+        return final
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    trainer, tokenizer = build_trainer(cfg, callbacks=[CSVLogger(out / "metrics.csv")])
+    checkpoint = last_checkpoint(out) if cfg.resume else None
+    if trainer.accelerator.is_main_process:
+        print(f"iama: {trainer.objective.describe()}; M={cfg.num_generations}; model={cfg.model}"
+              + (f"; resuming from {checkpoint}" if checkpoint else ""))
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.accelerator.wait_for_everyone()
+    return save_final(trainer, tokenizer, final, cfg)

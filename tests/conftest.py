@@ -1,0 +1,25 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download; code paths that would, fail fast
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    """tiny-gpt2 materialised in a fresh cache (a second or two)."""
+    from iama.models import resolve_model
+
+    return resolve_model("tiny-gpt2", cache_dir=tmp_path_factory.mktemp("iama_cache"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """smollm2-135m-instruct in the default cache (IAMA_CACHE or ~/.cache/iama): converted on first use,
+    about 30 s on a CPU, then reused by later sessions."""
+    from iama.models import resolve_model
+
+    return resolve_model("smollm2-135m-instruct")

@@ -1,0 +1,111 @@
+import csv
+import json
+from collections import Counter
+
+import pytest
+
+from iama.data import as_conversation, builtin_path, load_prompts, prompt_dataset
+from iama.models import tiny_gpt2
+
+
+def test_builtin_prompts():
+    prompts = load_prompts()
+    assert len(prompts) >= 300 and len(set(prompts)) == len(prompts)
+    assert len({p.lower().rstrip(".?!") for p in prompts}) == len(prompts)
+    assert all(isinstance(p, str) and p == p.strip() and 10 <= len(p) <= 400 for p in prompts)
+    rows = [json.loads(line) for line in builtin_path().read_text(encoding="utf-8").splitlines()]
+    assert all(set(row) == {"prompt", "category"} for row in rows)
+    categories = Counter(row["category"] for row in rows)
+    assert len(categories) >= 12 and max(categories.values()) < 0.15 * len(rows)
+    for kind in ("review", "opinion", "story", "email", "joke", "how_to", "summary", "list", "advice"):
+        assert categories[kind] >= 10
+    assert load_prompts("builtin", limit=5) == prompts[:5]
+    assert len({row["category"] for row in rows[:40]}) >= 10  # shuffled: a prefix covers many kinds
+
+
+def test_jsonl(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"text": " first ", "id": 1}\n\n{"text": "second"}\n"third"\n')
+    assert load_prompts(str(path), column="text") == ["first", "second", "third"]
+    assert load_prompts(path, column="text", limit=2) == ["first", "second"]
+    with pytest.raises(ValueError, match="line 1: no column 'prompt'"):
+        load_prompts(str(path))
+    path.write_text('{"prompt": "ok"}\n{"prompt": \n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        load_prompts(str(path))
+    path.write_text('{"prompt": "ok"}\n{"prompt": ""}\n')
+    with pytest.raises(ValueError, match="non-empty string"):
+        load_prompts(str(path))
+
+
+def test_json(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(["a prompt", "another"]))
+    assert load_prompts(str(path)) == ["a prompt", "another"]
+    path.write_text(json.dumps([{"q": "x?"}, {"q": "y?"}]))
+    assert load_prompts(str(path), column="q") == ["x?", "y?"]
+    path.write_text(json.dumps({"q": ["x"]}))
+    with pytest.raises(ValueError, match="expected a JSON list"):
+        load_prompts(str(path))
+
+
+def test_csv(tmp_path):
+    path = tmp_path / "p.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "instruction"])
+        writer.writerow([1, "Write a poem, please."])
+        writer.writerow([2, 'Say "hi"'])
+    assert load_prompts(str(path), column="instruction") == ["Write a poem, please.", 'Say "hi"']
+    with pytest.raises(ValueError, match=r"no column 'prompt'; the header has \['id', 'instruction'\]"):
+        load_prompts(str(path))
+
+
+def test_txt(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("one\n\n  two  \n")
+    assert load_prompts(str(path)) == ["one", "two"]
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("missing.jsonl", None, "no such file"),
+    ("empty.txt", "\n\n", "no prompts found"),
+    ("data.parquet", "x", "unsupported file type"),
+])
+def test_file_errors(tmp_path, name, content, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=match) as e:
+        load_prompts(str(path))
+    assert "\n" not in str(e.value)
+
+
+def test_limit_must_be_positive():
+    with pytest.raises(ValueError, match="limit"):
+        load_prompts(limit=0)
+
+
+def test_hf_dataset_from_a_local_directory(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"question": "a?"}\n{"question": "b?"}\n')
+    assert load_prompts(f"hf:{tmp_path}", column="question") == ["a?", "b?"]
+    with pytest.raises(ValueError, match="no column 'prompt'"):
+        load_prompts(f"hf:{tmp_path}")
+
+
+def test_hf_dataset_errors():
+    with pytest.raises(ValueError, match="hf:NAME"):
+        load_prompts("hf:")
+    with pytest.raises(ValueError, match="cannot load") as e:  # offline: not on disk, not downloadable
+        load_prompts("hf:iama-test-org/no-such-dataset")
+    assert "\n" not in str(e.value)
+
+
+def test_as_conversation_follows_the_chat_template():
+    _, tok = tiny_gpt2()
+    assert as_conversation(["a", "b"], tok) == ["a", "b"]
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert as_conversation(["a"], tok) == [[{"role": "user", "content": "a"}]]
+    ds = prompt_dataset(["a", "b"], tok)
+    assert ds.column_names == ["prompt"] and ds[1]["prompt"] == [{"role": "user", "content": "b"}]
+    assert prompt_dataset(["a"])[0] == {"prompt": "a"}

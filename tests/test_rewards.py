@@ -1,0 +1,259 @@
+import math
+import pickle
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from iama import rewards
+from iama.models import tiny_gpt2
+from iama.rewards import HFRewardModel, Length, build_reward, check_reward, harmlessness, per_text, sentiment
+
+POSITIVE = "I love this, it is wonderful and amazing!"
+NEGATIVE = "This is terrible, I hate it. Awful."
+CLEAN = "Thank you so much, have a lovely day!"
+OFFENSIVE = "shut up, you worthless moron"
+
+
+def _chat(text):
+    return [{"role": "assistant", "content": text}]
+
+
+# ---- length ------------------------------------------------------------------------------------------------------
+
+
+def test_length_matches_the_formula_from_completion_ids():
+    fn = build_reward("length:16:64")
+    ids = [[7] * n for n in (0, 8, 16, 24, 40)]
+    got = fn(prompts=["p"] * 5, completions=["ignored"] * 5, completion_ids=ids)
+    # -((n - 16) / 64)^2 by hand
+    assert got == [-0.0625, -0.015625, 0.0, -0.015625, -0.140625]
+    assert fn.__name__ == "length_16"
+
+
+def test_length_counts_tokens_with_the_tokenizer_when_no_ids():
+    _, tok = tiny_gpt2()
+    fn = build_reward({"type": "length", "target": 3, "max_length": 10}, tokenizer=tok)
+    got = fn(prompts=["p", "p"], completions=["the day was good .", _chat("yes")])  # 5 tokens and 1 token
+    assert got == pytest.approx([-0.04, -0.04], rel=1e-12)
+    with pytest.raises(ValueError, match="completion_ids or a tokenizer"):
+        build_reward("length:3:10")(prompts=["p"], completions=["the day"])
+
+
+def test_length_prefers_completion_ids_and_handles_conversations():
+    _, tok = tiny_gpt2()
+    fn = Length(2, 4, tokenizer=tok)
+    assert fn(prompts=[[{"role": "user", "content": "hi"}]], completions=[_chat("the day was good")],
+              completion_ids=[[1, 2, 3, 4, 5, 6]]) == [-1.0]
+
+
+# ---- sentiment and harmlessness ------------------------------------------------------------------------------------
+
+
+def test_sentiment_orders_positive_above_negative():
+    pos, neu, neg = sentiment(prompts=["p"] * 3, completions=[POSITIVE, "The meeting is at three.", NEGATIVE])
+    assert pos > 0.5 and neg < -0.5 and neg < neu < pos
+    assert all(-1 <= v <= 1 for v in (pos, neu, neg))
+    assert sentiment(prompts=["p"], completions=[_chat(POSITIVE)]) == [pos]
+    assert sentiment.__name__ == "sentiment"
+
+
+def test_harmlessness_orders_clean_above_offensive():
+    clean, offensive = harmlessness(prompts=["p", "p"], completions=[CLEAN, OFFENSIVE])
+    assert clean > 0.8 and offensive < 0.3
+    assert harmlessness(prompts=["p"], completions=[_chat(OFFENSIVE)]) == pytest.approx([offensive])
+    assert harmlessness(prompts=[], completions=[]) == []
+    assert build_reward("harmlessness") is harmlessness
+
+
+def test_text_of_conversations_and_content_blocks():
+    assert rewards.text_of("plain") == "plain"
+    assert rewards.text_of(_chat("a")) == "a"
+    blocks = [{"role": "assistant", "content": [{"type": "text", "text": "x"}, {"type": "image"}]}]
+    assert rewards.text_of(blocks) == "x"
+
+
+# ---- dotted paths ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards_mod.py").write_text(textwrap.dedent("""
+        from iama.rewards import per_text
+
+        def exclaim(prompts, completions, completion_ids=None, **kwargs):
+            return [float(c.count("!")) for c in completions]
+
+        @per_text
+        def words(text):
+            return len(text.split())
+
+        @per_text
+        def broken(text):
+            raise RuntimeError("reward failed")
+
+        NOT_CALLABLE = 3
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_rewards_mod"
+    sys.modules.pop("my_rewards_mod", None)
+
+
+def test_dotted_path_reward(reward_module):
+    for spec in (f"{reward_module}:exclaim", f"{reward_module}.exclaim"):
+        check_reward(spec)
+        assert build_reward(spec)(prompts=["p", "p"], completions=["hi!!", "no"]) == [2.0, 0.0]
+    words = build_reward({"type": "callable", "path": f"{reward_module}:words"})
+    assert words.__name__ == "words"
+    assert words(prompts=["p", "p"], completions=["one two three", _chat("four five")]) == [3.0, 2.0]
+    assert pickle.loads(pickle.dumps(words)) is words  # module-level, so TRL/multiprocessing can pickle it
+
+
+def test_reward_failures_propagate(reward_module):
+    with pytest.raises(RuntimeError, match="reward failed"):
+        build_reward(f"{reward_module}:broken")(prompts=["p"], completions=["x"])
+
+
+@pytest.mark.parametrize("attr, match", [("missing", "no attribute"), ("NOT_CALLABLE", "not a callable")])
+def test_dotted_path_errors(reward_module, attr, match):
+    with pytest.raises(ValueError, match=match):
+        check_reward(f"{reward_module}:{attr}")
+
+
+def test_dotted_path_module_not_importable():
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_iama'"):
+        check_reward("no_such_module_iama:fn")
+
+
+def test_callables_and_names():
+    def mine(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    assert build_reward(mine) is mine
+    check_reward(mine)
+    renamed = build_reward({"type": "sentiment", "name": "positivity"})
+    assert renamed.__name__ == "positivity"
+    assert renamed(prompts=["p"], completions=[POSITIVE]) == sentiment(prompts=["p"], completions=[POSITIVE])
+    assert pickle.loads(pickle.dumps(renamed)).__name__ == "positivity"
+    assert pickle.loads(pickle.dumps(build_reward("length:8:32"))).__name__ == "length_8"
+
+
+# ---- Hugging Face reward models ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    """A random GPT-2 sequence classifier (3 labels) with tiny-gpt2's tokenizer, saved locally."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    _, tok = tiny_gpt2()
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128, num_labels=3,
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    path = tmp_path_factory.mktemp("rm")
+    GPT2ForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _reference_scores(path, texts, index):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    with torch.no_grad():  # one text at a time: no padding involved
+        return [model(**tok(t, return_tensors="pt")).logits[0, index].item() for t in texts]
+
+
+def test_hf_reward_model_scores_prompt_plus_completion(rm_dir):
+    prompts = ["say something nice .", "tell me", "why ?"]
+    completions = ["you are very good !", "no", "because the day was bad and people were sad ."]
+    fn = build_reward(f"hf:{rm_dir}:2")
+    fn.batch_size = 2  # two batches of unequal lengths: padding must not change the scores
+    got = fn(prompts=prompts, completions=completions)
+    expected = _reference_scores(rm_dir, [p + c for p, c in zip(prompts, completions)], 2)
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert fn.__name__ == rm_dir.rstrip("/").split("/")[-1]
+    assert len(set(round(v, 6) for v in got)) == 3
+    index0 = build_reward({"type": "hf", "model": rm_dir})(prompts=prompts, completions=completions)
+    assert index0 == pytest.approx(_reference_scores(rm_dir, [p + c for p, c in zip(prompts, completions)], 0),
+                                   abs=1e-5)
+
+
+def test_hf_reward_model_conversations_use_the_chat_template(rm_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    plain = HFRewardModel(rm_dir)
+    prompts, completions = [[{"role": "user", "content": "how are you"}]], [_chat("i am happy")]
+    # no template: the texts joined by a newline
+    assert plain(prompts, completions) == pytest.approx(_reference_scores(rm_dir, ["how are you\ni am happy"], 0),
+                                                        abs=1e-5)
+
+    import shutil
+
+    shutil.copytree(rm_dir, tmp_path / "rm", dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} .\n{% endfor %}"
+    tok.save_pretrained(tmp_path / "rm")
+    templated = HFRewardModel(str(tmp_path / "rm"))
+    expected = _reference_scores(str(tmp_path / "rm"), ["user : how are you .\nassistant : i am happy .\n"], 0)
+    assert templated(prompts, completions) == pytest.approx(expected, abs=1e-5)
+
+
+def test_hf_reward_model_index_out_of_range(rm_dir):
+    with pytest.raises(ValueError, match="3 labels"):
+        build_reward(f"hf:{rm_dir}:5")
+
+
+def test_check_reward_hf_loads_nothing(rm_dir, monkeypatch, tmp_path):
+    import transformers
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("check_reward must not load a model")
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", no_loading)
+    check_reward(f"hf:{rm_dir}:1")
+    with pytest.raises(ValueError, match="not a local directory"):
+        check_reward(f"hf:{tmp_path / 'missing' / 'rm'}")
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1"):
+        check_reward("hf:iama-test-org/no-such-reward-model")
+
+
+# ---- spec errors ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("length:16", "length:TARGET:MAX_LENGTH"),
+    ("length:a:64", "target must be a number"),
+    ("length:16:0", "max_length must be a finite number > 0"),
+    ("length:-1:10", "target must be a finite number >= 0"),
+    ("length:nan:10", "target must be a finite number"),
+    ("sentiment:3", "takes no arguments"),
+    ("nonsense", "unknown reward"),
+    ("", "not a spec"),
+    (42, "not a spec"),
+    ("hf:", "needs a model"),
+    ({"type": "nope"}, "unknown or missing 'type'"),
+    ({"target": 3}, "unknown or missing 'type'"),
+    ({"type": "length", "target": 3}, "missing argument 'max_length'"),
+    ({"type": "length", "target": 3, "max_length": 8, "extra": 1}, "unknown keys \\['extra'\\]"),
+    ({"type": "hf", "model": "x", "batch_size": 0}, "batch_size"),
+    ({"type": "hf", "model": "x", "index": 1.5}, "index must be an integer"),
+    ({"type": "callable"}, "needs 'path'"),
+    ({"type": "sentiment", "name": ""}, "'name' must be a non-empty string"),
+])
+def test_bad_specs_raise_one_clear_line(spec, match):
+    for fn in (check_reward, build_reward):
+        with pytest.raises(ValueError, match=match) as e:
+            fn(spec)
+        assert "\n" not in str(e.value) and "reward" in str(e.value)
+
+
+def test_good_specs_check_cleanly():
+    for spec in ("length:16:64", "length:8.5:32", "sentiment", "harmlessness", "iama.rewards:sentiment",
+                 {"type": "length", "target": 0, "max_length": 1}, {"type": "harmlessness", "name": "safe"}):
+        check_reward(spec)
+    assert build_reward("length:8.5:32").__name__ == "length_8.5"
+    assert math.isclose(build_reward("length:8.5:32")(prompts=["p"], completions=["x"], completion_ids=[[1]])[0],
+                        -((1 - 8.5) / 32) ** 2)

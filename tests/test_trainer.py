@@ -1,0 +1,240 @@
+"""The TRL trainer: the hook still fits, advantages equal TRL's for GRPO, many processes agree, runs resume,
+bad configs stop before any model loads, the length task splits."""
+
+import csv
+import inspect
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trl
+from packaging.version import Version
+from trl import GRPOTrainer
+
+from iama.cli import main
+from iama.config import ConfigError, load_config
+from iama.trainer import GRPOConfig, RewardFailure, build_trainer, guard_reward, kl_controller, last_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "length-tiny.yaml"
+BASELINE = ROOT / "configs" / "length-tiny-baseline.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def tiny_cfg(tmp_path, *overrides, path=TINY):
+    return load_config(path, ["max_steps=2", "max_prompts=16", "per_device_train_batch_size=16",
+                              f"output_dir={tmp_path / 'run'}", *overrides])
+
+
+def one_batch(trainer):
+    trainer.model.train()
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def test_trl_hook_still_fits():
+    """The two methods we override exist with the signatures we call (pinned TRL range in pyproject)."""
+    assert Version("1.16") <= Version(trl.__version__) < Version("1.17")
+    assert list(inspect.signature(GRPOTrainer._calculate_rewards).parameters) == [
+        "self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert list(inspect.signature(GRPOTrainer._generate_and_score_completions).parameters) == ["self", "inputs"]
+    assert "gather(rewards_per_func)" in inspect.getsource(GRPOTrainer._calculate_rewards)
+    assert "advantages[process_slice]" in inspect.getsource(GRPOTrainer._generate_and_score_completions)
+
+
+def test_sampling_with_group_mean_equals_trl_advantages(tmp_path):
+    cfg = tiny_cfg(tmp_path, path=BASELINE)
+    assert cfg.baseline == "group_mean" and cfg.scale_rewards == "group"
+    trainer, _ = build_trainer(cfg)
+    out = GRPOTrainer._generate_and_score_completions(trainer, one_batch(trainer))  # TRL's own advantages
+    ours = trainer.iama_estimates(trainer._gathered_rewards, cfg.num_generations).advantages.reshape(-1)
+    assert out["advantages"].abs().max() > 0.1
+    torch.testing.assert_close(ours.to(out["advantages"]), out["advantages"], atol=1e-5, rtol=1e-5)
+
+
+def test_n_equal_m_objective_still_learns(tmp_path):
+    cfg = tiny_cfg(tmp_path, "criteria.0.algorithm=bon:8", "criteria.1.algorithm=bon:8", "scale_rewards=none")
+    trainer, _ = build_trainer(cfg)
+    out = trainer._generate_and_score_completions(one_batch(trainer))
+    adv = out["advantages"].view(-1, 8)
+    assert (adv != 0).any(dim=1).all()  # every group has a signal
+    rewards = trainer._gathered_rewards.view(-1, 8, 2)
+    grpo_style = build_trainer(tiny_cfg(tmp_path, "criteria.0.algorithm=bon:8", "criteria.1.algorithm=bon:8",
+                                        "baseline=group_mean", "scale_rewards=none"))[0]
+    assert grpo_style.iama_estimates(rewards.reshape(-1, 2), 8).advantages.abs().max() < 1e-6
+
+
+DIST_SCRIPT = """
+import json, sys, torch
+from iama.config import load_config
+from iama.trainer import build_trainer
+cfg = load_config(sys.argv[1], ["max_steps=1", "max_prompts=8", "per_device_train_batch_size=4",
+                  "output_dir=" + sys.argv[2], "criteria.1.algorithm=won:4"])
+trainer, _ = build_trainer(cfg)
+trainer.model.train()
+batch = next(iter(trainer.get_train_dataloader()))
+out = trainer._generate_and_score_completions(batch)
+lengths = out["completion_mask"].sum(1).tolist()
+rank = trainer.accelerator.process_index
+json.dump({"gathered": trainer._gathered_rewards.tolist(), "advantages": out["advantages"].tolist(),
+           "lengths": lengths, "world": trainer.accelerator.num_processes},
+          open(sys.argv[2] + f"/rank{rank}.json", "w"))
+"""
+
+
+def test_two_processes_compute_the_same_advantages(tmp_path):
+    """accelerate launch --num_processes 2 on the CPU: each group of 8 is split 4 + 4 across the processes."""
+    script = tmp_path / "dist.py"
+    script.write_text(DIST_SCRIPT)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(TINY), str(tmp_path)]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2 and ranks[0]["gathered"] == ranks[1]["gathered"]
+    gathered = np.array(ranks[0]["gathered"])  # (8, 2): one group, half from each process
+    assert gathered.shape == (8, 2)
+    for r, rank in enumerate(ranks):  # rank r's completions sit at rows 4r..4r+3 of the gathered rewards
+        expected = [-((n - 8) / 32) ** 2 for n in rank["lengths"]]
+        np.testing.assert_allclose(gathered[4 * r: 4 * r + 4, 0], expected, atol=1e-6)
+    cfg = load_config(TINY, ["criteria.1.algorithm=won:4"])
+    from iama.config import build_objective
+
+    single = build_objective(cfg)(gathered[None]).advantages.reshape(-1)
+    np.testing.assert_allclose(ranks[0]["advantages"] + ranks[1]["advantages"], single, atol=1e-5)
+
+
+def read_metrics(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_checkpoint_kill_and_resume(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "iama.cli", "train", str(TINY), "max_steps=12", "save_steps=2", "max_prompts=16",
+           "per_device_train_batch_size=16", f"output_dir={out}"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "checkpoint-4" / "trainer_state.json").is_file():
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists()
+    killed_at = int(Path(last_checkpoint(out)).name.split("-")[1])
+    assert 4 <= killed_at < 12
+    assert (Path(last_checkpoint(out)) / "model.safetensors").is_file()
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from {out / f'checkpoint-{killed_at}'}" in done.stdout
+    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state["global_step"] == 12
+    steps = [int(r["step"]) for r in read_metrics(out / "metrics.csv") if r.get("loss")]
+    assert steps == list(range(1, 13))
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "final") is not None
+
+
+def test_lora_is_merged_into_final(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert main(["train", str(TINY), "lora=true", "lora_r=4", "max_steps=1", "max_prompts=16",
+                 "per_device_train_batch_size=16", f"output_dir={tmp_path}"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert not any("lora" in k for k in model.state_dict())
+    assert AutoTokenizer.from_pretrained(tmp_path / "final").eos_token == "<eos>"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("criteria.0.algorithm=best:4", "unknown algorithm"),
+    ("criteria.0.reward=bogus", "bogus"),
+    ("num_generations=3", "smaller than N=4"),
+    ("criteria.0.weight=-1", "weight"),
+    ("model=no/such-model-here", "not found"),
+    ("frobnicate=1", "unknown config key"),
+    ("aggregator=max", "unknown aggregator"),
+    ("learning_rate=fast", "GRPOConfig field learning_rate must be a float"),
+    ("max_steps=ten", "max_steps must be a int"),
+    ("per_device_train_batch_size=12", "GRPOConfig refused"),
+])
+def test_bad_config_stops_with_one_line_before_loading_a_model(override, message, monkeypatch, capsys, tmp_path):
+    import iama.models
+    import iama.trainer
+
+    def forbidden(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(iama.models, "resolve_model", forbidden)
+    monkeypatch.setattr(iama.trainer, "build_trainer", forbidden)
+    assert main(["train", str(TINY), override, f"output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("iama: error:") and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_missing_config_file(capsys):
+    assert main(["train", "no-such-config.yaml"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def flaky(prompts, completions, **kwargs):
+    return [None if i % 5 == 0 else 1.0 for i in range(len(completions))]
+
+
+def boom(prompts, completions, **kwargs):
+    if len(completions) > 1:
+        raise RuntimeError("reward server down")
+    return [0.5]
+
+
+def test_guard_reward_policies():
+    assert guard_reward(flaky, "f", "drop")([""] * 6, ["a"] * 6)[0] is math.nan or \
+        math.isnan(guard_reward(flaky, "f", "drop")([""] * 6, ["a"] * 6)[0])
+    with pytest.raises(RewardFailure, match="reward 'f' returned NaN/None"):
+        guard_reward(flaky, "f", "stop")([""] * 6, ["a"] * 6)
+    with pytest.raises(RewardFailure, match="reward 'b' raised RuntimeError: reward server down"):
+        guard_reward(boom, "b", "stop")([""] * 3, ["a"] * 3)
+    assert guard_reward(boom, "b", "drop")([""] * 3, ["a"] * 3) == [0.5, 0.5, 0.5]  # retried one by one
+
+
+def test_invalid_rewards_stop_or_drop(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    common = [f"criteria.1.reward={__name__}:flaky", "max_steps=1", "max_prompts=16",
+              "per_device_train_batch_size=16"]
+    assert main(["train", str(TINY), *common, f"output_dir={tmp_path / 'stop'}"]) == 2
+    assert "reward 'long' returned NaN/None" in capsys.readouterr().err
+    assert main(["train", str(TINY), *common, "invalid_rewards=drop", f"output_dir={tmp_path / 'drop'}"]) == 0
+    rows = [r for r in read_metrics(tmp_path / "drop" / "metrics.csv") if r.get("loss")]
+    assert float(rows[0]["iama/dropped_samples"]) > 0
+
+
+def test_kl_controller():
+    assert kl_controller(0.1, 0.2, 0.1, 0.1) == pytest.approx(0.1 * math.exp(0.1))
+    assert kl_controller(0.1, 0.05, 0.1, 0.1) == pytest.approx(0.1 * math.exp(-0.05))
+    assert kl_controller(0.1, 100.0, 0.1, 0.1) == pytest.approx(0.1 * math.exp(0.1))  # clipped
+
+
+def test_target_kl_moves_beta(tmp_path):
+    cfg = tiny_cfg(tmp_path, "beta=0.05", "target_kl=10.0", "max_steps=2")
+    assert main(["train", str(TINY), "beta=0.05", "target_kl=10.0", "max_steps=2", "max_prompts=16",
+                 "per_device_train_batch_size=16", f"output_dir={cfg.output_dir}"]) == 0
+    betas = [float(r["beta"]) for r in read_metrics(Path(cfg.output_dir) / "metrics.csv") if r.get("beta")]
+    assert betas[0] == pytest.approx(0.05) and betas[-1] < 0.05  # KL far below its target: beta falls
+
+
+def test_config_passes_trl_fields_through(tmp_path):
+    cfg = tiny_cfg(tmp_path, "learning_rate=1e-3", "trl.top_k=5")
+    assert cfg.trl["learning_rate"] == 1e-3 and cfg.trl["top_k"] == 5
+    from iama.trainer import grpo_config
+
+    args = grpo_config(cfg)
+    assert isinstance(args, GRPOConfig) and args.learning_rate == 1e-3 and args.num_generations == 8
+    with pytest.raises(ConfigError, match="top level"):
+        tiny_cfg(tmp_path, "trl.beta=0.1")
