@@ -81,6 +81,8 @@ def _check_types(values: dict, defaults: dict, where: str) -> None:
                 pass
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             continue
+        if kind is str and isinstance(value, list):  # fields such as report_to take a string or a list
+            continue
         if kind in (bool, int, float, str) and type(value) is not kind:
             raise ConfigError(f"{where}{key} must be a {kind.__name__}, got {value!r}")
 
