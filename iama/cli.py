@@ -17,6 +17,70 @@ def _train(args):
     train(cfg)
 
 
+def _calibrate(args):
+    from .config import load_config
+    from .ctrl import calibrate
+
+    store = calibrate(load_config(args.config, args.overrides), k=args.k, batch_size=args.batch_size,
+                      seed=args.seed)
+    print(f"calibration store: {store.path}")
+
+
+def _decode(a):
+    import json
+
+    from .decode import collect_prompts, decode
+
+    prompts = collect_prompts(a.prompt, a.prompts, column=a.prompt_column, split=a.prompt_split, limit=a.limit,
+                              offset=a.offset)
+    records = decode(prompts, a.model, a.reward or None, algorithm=a.algorithm, select_by=a.select_by,
+                     config=a.config, label=a.label, out=a.out, max_new_tokens=a.max_new_tokens,
+                     temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed, backend=a.backend,
+                     batch_size=a.batch_size, dtype=a.dtype, device=a.device, progress=not a.quiet)
+    if a.out is None:
+        for r in records:
+            print(json.dumps(r, ensure_ascii=False))
+
+
+def _eval(a):
+    import shlex
+
+    from .evaluate import evaluate
+    from .report import effective_statements
+
+    report = evaluate(a.models, pools=a.pool, config=a.config, reference=a.reference,
+                      algorithms=[x for x in (a.algorithms or "").split(",") if x], prompts=a.prompts,
+                      prompt_column=a.prompt_column, prompt_split=a.prompt_split, limit=a.limit, offset=a.offset,
+                      m=a.m, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+                      top_k=a.top_k, seed=a.seed, backend=a.backend, batch_size=a.batch_size, dtype=a.dtype,
+                      device=a.device, out=a.out, resume=not a.no_resume, bootstrap=a.bootstrap,
+                      confidence=a.confidence, plots=not a.no_plots, progress=not a.quiet,
+                      command="iama " + shlex.join(sys.argv[1:]))
+    for line in effective_statements(report):
+        print(line)
+    print(f"report: {a.out}/report.md")
+
+
+def _generation_args(p):
+    p.add_argument("--max-new-tokens", type=int, help="default: the run's max_completion_length")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--batch-size", type=int, default=256, help="sequences per generate call")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _prompt_args(p, limit):
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--prompt-split", default="train")
+    p.add_argument("--limit", type=int, default=limit)
+    p.add_argument("--offset", type=int, default=0, help="skip prompts (e.g. those a run trained on)")
+
+
 def _lab(args):
     from .lab import run_lab
 
@@ -40,6 +104,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any key, e.g. max_steps=10 "
                    "criteria.0.weight=0.3 learning_rate=1e-4")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser("eval", help="values under best/worst-of-N for every N <= M from one pool per model; report")
+    p.add_argument("models", nargs="*", metavar="MODEL_OR_RUN",
+                   help="run dirs, model dirs, built-ins, hub ids; LABEL=PATH names one")
+    p.add_argument("--pool", action="append", default=[], metavar="JSONL", help="saved pools or `iama decode` output")
+    p.add_argument("--config", default=None, help="YAML or run dir with the criteria (default: the first run's)")
+    p.add_argument("--reference", default=None, help="label of the reference model (default: the first)")
+    p.add_argument("--algorithms", default=None, help="extra families, comma-separated: bon,won,soft_bon:0.1")
+    p.add_argument("--prompts", default="builtin", help="'builtin', a .jsonl/.json/.csv/.txt file or hf:NAME")
+    _prompt_args(p, limit=64)
+    p.add_argument("-M", "--m", type=int, default=16, help="samples per prompt; every N <= M is estimated from them")
+    _generation_args(p)
+    p.add_argument("--out", default="results/eval")
+    p.add_argument("--no-resume", action="store_true", help="sample the pools again")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(run=_eval)
+
+    p = sub.add_parser("decode", help="N candidates per prompt, scored and selected (bon/won/soft_bon); JSONL out")
+    p.add_argument("model", help="run dir (uses OUTPUT/final and its criteria), model dir, built-in or hub id")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
+    p.add_argument("--prompts", default=None, metavar="SOURCE", help="'builtin', a .jsonl/.json/.csv/.txt file or hf:NAME")
+    _prompt_args(p, limit=None)
+    p.add_argument("--algorithm", default="bon:4", help="sampling, bon:N, won:N or soft_bon:N:TAU")
+    p.add_argument("--reward", action="append", default=[], metavar="NAME=SPEC",
+                   help="default: the run's (or --config's) criteria")
+    p.add_argument("--config", default=None, help="YAML or run dir with criteria and generation settings")
+    p.add_argument("--select-by", default=None, help="criterion to select by (default: the first)")
+    p.add_argument("--out", default=None, help="JSONL file (default: JSONL on stdout)")
+    p.add_argument("--label", default=None)
+    _generation_args(p)
+    p.set_defaults(run=_decode)
+
+    p = sub.add_parser("calibrate", help="InfAlign: K reference rewards per training prompt for calibrated criteria")
+    p.add_argument("config", help="the training config (its model is the reference; its `calibration:` the store)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--k", type=int, default=32, help="reference samples per prompt")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_calibrate)
 
     p = sub.add_parser("lab", help="exact mirror descent on finite response sets: the figures that check the theory")
     p.add_argument("experiment", choices=["toy", "convergence", "estimators", "gap", "all"])

@@ -199,7 +199,8 @@ def calibrated_transformed_reward(reward_fn, store: CalibrationStore, reward_nam
 def fill(store_path, prompts, sample_fn, reward_fns: dict, k: int, batch_size: int = 8, progress=True):
     """Sample k reference completions for every prompt still missing from the store and keep their rewards.
 
-    sample_fn(prompts, k) -> for each prompt a list of k completions; reward_fns maps a name to a TRL-style
+    sample_fn(prompts, k) -> for each prompt a list of k completions (strings, or {"text", "ids"} dicts whose
+    ids reach the rewards as completion_ids, as in training); reward_fns maps a name to a TRL-style
     fn(prompts=..., completions=...) -> list[float]. The file is rewritten (atomically) after every batch, so a
     killed run resumes where it stopped. Returns the store."""
     if not reward_fns:
@@ -220,11 +221,16 @@ def fill(store_path, prompts, sample_fn, reward_fns: dict, k: int, batch_size: i
             raise ValueError(f"sample_fn must return {k} completions for each of the {len(batch)} prompts")
         flat_prompts = [p for p in batch for _ in range(k)]
         flat_completions = [c for cs in completions for c in cs]
+        extra = {}
+        if flat_completions and isinstance(flat_completions[0], dict):  # {"text", "ids"}: score as TRL would
+            extra["completion_ids"] = [c["ids"] for c in flat_completions]
+            flat_completions = [c["text"] if isinstance(p, str) else [{"role": "assistant", "content": c["text"]}]
+                                for p, c in zip(flat_prompts, flat_completions)]
         for name, fn in reward_fns.items():
             need = [i for i, p in enumerate(batch) if _key(p) not in store.rewards.get(name, {})]
             if not need:
                 continue
-            scores = fn(prompts=flat_prompts, completions=flat_completions)
+            scores = fn(prompts=flat_prompts, completions=flat_completions, **extra)
             if len(scores) != len(flat_prompts) or any(s is None for s in scores):
                 raise ValueError(f"reward {name!r} must return one number per completion "
                                  f"({len(flat_prompts)}), got {len(scores)} values or None")
@@ -579,3 +585,31 @@ def ctrl_plan(algorithm, kl: float, out_dir, family=None) -> dict:
     algorithm = _check_algorithm(algorithm)
     family = family or _default_family(algorithm)
     return plot_plan(algorithm, out_dir, kl=kl, family=family, planned=plan(algorithm, kl, family))
+
+
+def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bool = True) -> "CalibrationStore":
+    """`iama calibrate`: for every training prompt of `cfg`, K samples from its model (the reference policy),
+    scored by each calibrated criterion's reward and kept in the store at cfg.calibration. Prompts are keyed as
+    the trainer will see them (conversations for a chat model), lengths count the EOS as TRL does. Resumable."""
+    from .config import to_dict
+    from .data import as_conversation, load_prompts
+    from .decode import GenerationSettings, HFBackend
+    from .models import resolve_model
+    from .rewards import build_reward
+
+    criteria = [c for c in cfg.criteria if c.get("calibrated")]
+    if not criteria:
+        raise ValueError("no criterion has calibrated: true; there is nothing to calibrate")
+    if not cfg.calibration:
+        raise ValueError("set `calibration:` to the store's path (a JSON file)")
+    backend = HFBackend(resolve_model(cfg.model))
+    prompts = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.max_prompts)
+    prompts = as_conversation(prompts, backend.tokenizer)
+    settings = GenerationSettings.from_run_config(to_dict(cfg))
+    rewards = {c["name"]: build_reward(c["reward"], tokenizer=backend.tokenizer) for c in criteria}
+    done = iter(range(10**9))
+
+    def sample(batch, n):
+        return backend.generate(batch, n, settings, seed=seed + next(done))
+
+    return fill(cfg.calibration, prompts, sample, rewards, k, batch_size=batch_size, progress=progress)

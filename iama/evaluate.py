@@ -1,0 +1,730 @@
+"""Evaluation under inference-time algorithms, from one pool of M samples per prompt per model.
+
+For every criterion, every algorithm family (sampling, bon, won, soft_bon:TAU, tilted:TAU) and every N <= M the
+value is the mean over prompts of per-prompt unbiased estimates (METHOD §4: sorted rewards weighted by
+C(i-1, N-1) / C(M, N) for best-of-N; subsets for soft best-of-N; tilted is self-normalised over the pool, hence
+consistent, not unbiased). No separate sampling per N: one pool serves every N.
+
+Confidence intervals (95% by default): per-prompt estimates are independent across prompts, so a value's
+interval is normal, mean +- z * SE over prompts; the objective g (possibly non-linear: min, smoothmin),
+effective N and anything else that is a function of several means use a percentile bootstrap over prompts
+(the same resampled prompts for every model, criterion and N, so paired comparisons stay paired).
+
+Also: cross-effects (select by criterion a with bon/won, measure criterion b, ties in a broken uniformly at
+random, which the estimator does exactly by averaging b over tied a), win rates against a reference model
+under bon:N and won:N (product of the two pools' unbiased distributions of the selected reward), Pareto fronts
+across models per N, effective N (the budget the reference needs to match a model, interpolated linearly in
+log N), and token-length histograms. Report writing and plots are in iama/report.py; schema in docs/report.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import norm
+
+from .algorithms import BestOfN, Sampling, SoftBestOfN, Tilted, WorstOfN, max_weights, parse_algorithm
+from .decode import _spec_text
+from .objective import Criterion, Objective
+
+SCHEMA_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# algorithm families
+
+
+def family_of(algorithm) -> str:
+    """'bon:4' -> 'bon', 'won:2' -> 'won', 'sampling' -> 'sampling', 'soft_bon:4:0.1' -> 'soft_bon:0.1',
+    'tilted:0.1' -> 'tilted:0.1'. A bare family name is returned normalised."""
+    text = str(algorithm).strip().lower()
+    if text in ("bon", "won", "sampling"):
+        return text
+    if re.fullmatch(r"soft_bon:[^:]+", text):  # a family: soft_bon:TAU
+        tau = float(text.split(":")[1])
+        if not tau > 0:
+            raise ValueError(f"algorithm {algorithm!r}: the temperature must be positive")
+        return f"soft_bon:{tau:g}"
+    alg = parse_algorithm(algorithm)
+    if isinstance(alg, Sampling):
+        return "sampling"
+    if isinstance(alg, WorstOfN):
+        return "won"
+    if isinstance(alg, BestOfN):
+        return "bon"
+    if isinstance(alg, SoftBestOfN):
+        return f"soft_bon:{alg.temperature:g}"
+    return alg.spec  # tilted:TAU
+
+
+def explicit_n(algorithm) -> int | None:
+    """The N written in an algorithm ('bon:8' -> 8), None for a bare family ('bon', 'soft_bon:0.1')."""
+    fam = family_of(algorithm)
+    text = str(algorithm).strip().lower()
+    if text == fam or fam.startswith("tilted"):
+        return None
+    return parse_algorithm(algorithm).n
+
+
+def algorithm_at(family: str, n: int):
+    """The algorithm of `family` with N = n (tilted ignores n)."""
+    name, _, arg = family.partition(":")
+    if name == "sampling":
+        return Sampling()
+    if name == "bon":
+        return BestOfN(n)
+    if name == "won":
+        return WorstOfN(n)
+    if name == "soft_bon":
+        return SoftBestOfN(n, float(arg))
+    if name == "tilted":
+        return Tilted(float(arg))
+    raise ValueError(f"unknown algorithm family {family!r}")
+
+
+def family_ns(family: str, m: int) -> list[int]:
+    """The N a family is evaluated at from a pool of M: sampling at 1, tilted at M (the pool), others 1..M."""
+    if family == "sampling":
+        return [1]
+    if family.startswith("tilted"):
+        return [m]
+    return list(range(1, m + 1))
+
+
+def increasing(family: str) -> bool | None:
+    """Whether the family's value grows with N (bon, soft_bon), falls (won), or does not depend on N."""
+    if family == "won":
+        return False
+    if family == "bon" or family.startswith("soft_bon"):
+        return True
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-prompt unbiased estimates from a pool
+
+
+def _check_pool_array(r, name="rewards"):
+    r = np.asarray(r, dtype=np.float64)
+    if r.ndim != 2 or r.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (prompts, M) with M >= 1; got {r.shape}")
+    if not np.all(np.isfinite(r)):
+        raise ValueError(f"{name} contain NaN or infinite values; fix the reward or drop those prompts")
+    return r
+
+
+def _check_ns(ns, m):
+    ns = [int(n) for n in ns]
+    bad = [n for n in ns if n < 1 or n > m]
+    if bad:
+        raise ValueError(f"N={bad[0]} cannot be estimated from a pool of M={m} samples per prompt (need 1 <= N <= M)")
+    return ns
+
+
+def order_weights(m: int, ns, worst: bool = False) -> np.ndarray:
+    """(len(ns), M): P(the selected sample of a random N-subset is the i-th smallest of the M), for
+    best-of-N (the largest) or worst-of-N (the smallest)."""
+    w = np.stack([max_weights(m, n) for n in _check_ns(ns, m)])
+    return w[:, ::-1].copy() if worst else w
+
+
+def value_estimates(rewards, family: str, ns=None, *, rng=None) -> np.ndarray:
+    """(P, len(ns)) per-prompt estimates of the value of `family` at each N from rewards (P, M)."""
+    r = _check_pool_array(rewards)
+    m = r.shape[1]
+    ns = family_ns(family, m) if ns is None else _check_ns(ns, m)
+    if family in ("bon", "won", "sampling"):
+        if family == "sampling" and any(n != 1 for n in ns):
+            raise ValueError("sampling is the N = 1 algorithm")
+        return np.sort(r, axis=1) @ order_weights(m, ns, worst=family == "won").T
+    rng = np.random.default_rng(rng)
+    return np.stack([algorithm_at(family, n).estimate_value(r, rng=rng) for n in ns], axis=1)
+
+
+def tie_averaged(select, measure):
+    """Both sorted by `select` ascending, with `measure` replaced by its mean over ties in `select`: selecting
+    by `select` with uniform random tie-breaking then has the expected `measure` of this order."""
+    a = np.asarray(select, dtype=np.float64)
+    b = np.asarray(measure, dtype=np.float64)
+    order = np.argsort(a, axis=1, kind="stable")
+    a_s, b_s = np.take_along_axis(a, order, 1), np.take_along_axis(b, order, 1)
+    for p in np.flatnonzero((np.diff(a_s, axis=1) == 0).any(axis=1)):  # only rows with ties
+        _, inv = np.unique(a_s[p], return_inverse=True)
+        b_s[p] = (np.bincount(inv, weights=b_s[p]) / np.bincount(inv))[inv]
+    return a_s, b_s
+
+
+def cross_estimates(select, measure, family: str, ns=None) -> np.ndarray:
+    """(P, len(ns)) per-prompt unbiased estimates of E[measure of the sample chosen by `family` (bon or won)
+    at N, selecting by `select`], from rewards (P, M) of two criteria on the same candidates."""
+    a, b = _check_pool_array(select, "select rewards"), _check_pool_array(measure, "measured rewards")
+    if a.shape != b.shape:
+        raise ValueError(f"select and measure rewards must have the same shape; got {a.shape} and {b.shape}")
+    if family not in ("bon", "won", "sampling"):
+        raise ValueError(f"cross-effects are estimated for bon and won, not {family!r}")
+    m = a.shape[1]
+    ns = family_ns(family, m) if ns is None else _check_ns(ns, m)
+    _, b_sorted = tie_averaged(a, b)
+    return b_sorted @ order_weights(m, ns, worst=family == "won").T
+
+
+def win_rate_estimates(model, reference, family: str, ns=None) -> np.ndarray:
+    """(P, len(ns)) per-prompt unbiased estimates of P(X > Y) + P(X = Y) / 2, X the reward selected by `family`
+    (bon or won) at N from the model, Y from the reference, both decoded the same way, the two pools
+    independent: sum_ij w_i v_j h(x_(i), y_(j)) with each pool's order-statistic weights."""
+    x, y = _check_pool_array(model, "model rewards"), _check_pool_array(reference, "reference rewards")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"win rates need the same prompts in both pools; got {x.shape[0]} and {y.shape[0]}")
+    if family not in ("bon", "won", "sampling"):
+        raise ValueError(f"win rates are estimated for bon and won, not {family!r}")
+    mx, my = x.shape[1], y.shape[1]
+    ns = family_ns(family, min(mx, my)) if ns is None else _check_ns(ns, min(mx, my))
+    xs, ys = np.sort(x, axis=1), np.sort(y, axis=1)
+    h = (xs[:, :, None] > ys[:, None, :]) + 0.5 * (xs[:, :, None] == ys[:, None, :])  # (P, Mx, My)
+    worst = family == "won"
+    wx, wy = order_weights(mx, ns, worst), order_weights(my, ns, worst)
+    return np.einsum("ki,pij,kj->pk", wx, h, wy)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# intervals, effective N, Pareto fronts
+
+
+def mean_ci(per_prompt, confidence: float = 0.95) -> dict:
+    """Mean over prompts (axis 0) with a normal interval mean +- z SE (SE = std(ddof=1) / sqrt(P));
+    the interval is NaN with a single prompt."""
+    x = np.asarray(per_prompt, dtype=np.float64)
+    mean = x.mean(axis=0)
+    p = x.shape[0]
+    se = x.std(axis=0, ddof=1) / math.sqrt(p) if p > 1 else np.full_like(mean, np.nan)
+    z = norm.ppf(0.5 + confidence / 2)
+    return {"mean": mean, "ci_low": mean - z * se, "ci_high": mean + z * se, "se": se}
+
+
+def bootstrap_weights(num_prompts: int, resamples: int, seed=0) -> np.ndarray:
+    """(B, P) multinomial counts / P: row b averages a bootstrap resample of the prompts."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(num_prompts, np.full(num_prompts, 1.0 / num_prompts), size=resamples) / num_prompts
+
+
+def percentile_ci(samples, confidence: float = 0.95):
+    """(low, high) percentiles over axis 0; infinities (e.g. 'never reached') are kept."""
+    s = np.asarray(samples, dtype=np.float64)
+    q = [50 * (1 - confidence), 50 * (1 + confidence)]
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.percentile(s, q, axis=0, method="linear")
+    # np.percentile interpolates inf - inf into NaN; use the nearest order statistic where that happens
+    lo2, hi2 = np.percentile(s, q, axis=0, method="nearest")
+    return np.where(np.isnan(lo), lo2, lo), np.where(np.isnan(hi), hi2, hi)
+
+
+def effective_n(curve, target, ns=None, increasing: bool = True) -> np.ndarray:
+    """The budget N at which a reference's value curve first reaches `target`, interpolated linearly in log N
+    between consecutive integers; inf where it never does within the curve (report: 'more than M').
+
+    curve: (..., K) values at N = ns (default 1..K, consecutive integers); target: (...). 'Reaches' means
+    >= for an increasing family (bon), <= for a decreasing one (won: an attacker's budget). A target already
+    met at N = ns[0] gives ns[0]."""
+    c = np.asarray(curve, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    ns = np.arange(1, c.shape[-1] + 1, dtype=np.float64) if ns is None else np.asarray(ns, dtype=np.float64)
+    if not increasing:
+        c, t = -c, -t
+    reached = c >= t[..., None]
+    any_reached = reached.any(axis=-1)
+    k = np.argmax(reached, axis=-1)  # first index reached (0 if none)
+    k_prev = np.maximum(k - 1, 0)
+    c_hi = np.take_along_axis(c, k[..., None], -1)[..., 0]
+    c_lo = np.take_along_axis(c, k_prev[..., None], -1)[..., 0]
+    log_hi, log_lo = np.log(ns[k]), np.log(ns[k_prev])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(c_hi > c_lo, (t - c_lo) / (c_hi - c_lo), 1.0)
+    x = np.exp(log_lo + np.clip(frac, 0.0, 1.0) * (log_hi - log_lo))
+    out = np.where(k == 0, ns[0], x)
+    return np.where(any_reached, out, np.inf)
+
+
+def pareto_front(points) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of points (k, m), every column to be maximised: a row is
+    dominated when another is >= on every column and > on one."""
+    x = np.asarray(points, dtype=np.float64)
+    ge = (x[:, None, :] >= x[None, :, :]).all(-1)
+    gt = (x[:, None, :] > x[None, :, :]).any(-1)
+    dominated_by = ge & gt  # [j, i]: j dominates i
+    return ~dominated_by.any(axis=0)
+
+
+def _json_effective(values, m):
+    """Numbers, with inf as the string 'more than M' (the report's convention; 'at most 1' is set by the
+    caller where the reference's N = 1 value is already strictly better)."""
+    return [f"more than {m}" if math.isinf(v) else float(v) for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pools as arrays
+
+
+@dataclass
+class Pool:
+    """One model's pool: P prompts, M candidates each, m criteria."""
+
+    label: str
+    prompts: list
+    rewards: np.ndarray  # (P, M, m)
+    num_tokens: np.ndarray | None  # (P, M) or None when the pool has no token counts
+    criteria: list[str]
+    records: list = field(default_factory=list, repr=False)
+
+    @property
+    def m(self) -> int:
+        return self.rewards.shape[1]
+
+    @classmethod
+    def from_records(cls, records, criteria: list[str] | None = None, label: str | None = None) -> Pool:
+        if not records:
+            raise ValueError("a pool needs at least one prompt")
+        label = label or records[0].get("model", "model")
+        names = criteria or list(records[0]["candidates"][0]["scores"])
+        sizes = {len(r["candidates"]) for r in records}
+        if len(sizes) != 1:
+            raise ValueError(f"pool {label!r}: prompts have different numbers of candidates {sorted(sizes)}; "
+                             "every prompt needs the same M")
+        try:
+            rewards = np.array([[[c["scores"][n] for n in names] for c in r["candidates"]] for r in records],
+                               dtype=np.float64)
+        except KeyError as e:
+            raise ValueError(f"pool {label!r} has no scores for criterion {e.args[0]!r}; it has "
+                             f"{sorted(records[0]['candidates'][0]['scores'])}") from None
+        if not np.all(np.isfinite(rewards)):
+            raise ValueError(f"pool {label!r} has NaN or infinite scores")
+        tokens = None
+        if all("num_tokens" in c for r in records for c in r["candidates"]):
+            tokens = np.array([[c["num_tokens"] for c in r["candidates"]] for r in records], dtype=np.int64)
+        return cls(label, [r["prompt"] for r in records], rewards, tokens, list(names), list(records))
+
+    def subset(self, keys) -> Pool:
+        from .decode import _prompt_key
+
+        index = {_prompt_key(p): i for i, p in enumerate(self.prompts)}
+        idx = [index[k] for k in keys]
+        return Pool(self.label, [self.prompts[i] for i in idx], self.rewards[idx],
+                    None if self.num_tokens is None else self.num_tokens[idx], self.criteria,
+                    [self.records[i] for i in idx] if self.records else [])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the estimation core
+
+
+def _configured(criteria):
+    """(family, N) of each criterion's configured algorithm (N None for tilted)."""
+    out = []
+    for c in criteria:
+        alg = parse_algorithm(c["algorithm"])
+        out.append((family_of(alg), alg.n))
+    return out
+
+
+def criteria_families(criteria, extra=()) -> dict:
+    """{criterion: [families]}: its own family, 'sampling', and `extra` (e.g. ['bon', 'won']); for a tilted
+    criterion also soft_bon at its temperature (tilted is soft best-of-N's N -> infinity limit)."""
+    extra = [family_of(a) for a in extra or ()]
+    out = {}
+    for c, (fam, _) in zip(criteria, _configured(criteria)):
+        fams = [fam, "sampling"]
+        if fam.startswith("tilted"):
+            fams.append("soft_bon:" + fam.split(":")[1])
+        out[c["name"]] = list(dict.fromkeys(fams + extra))
+    return out
+
+
+def _curve_json(stats, ns):
+    return {"n": list(ns), **{k: np.asarray(v).tolist() for k, v in stats.items()}}
+
+
+def _nan_to_none(x):
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _nan_to_none(x.tolist())
+    if isinstance(x, (float, np.floating)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum", gamma: float = 1.0,
+             reference: str | None = None, algorithms=(), confidence: float = 0.95, bootstrap: int = 1000,
+             seed: int = 0) -> dict:
+    """Everything numeric of a report from pools (same prompts, same criteria, in that order).
+
+    criteria: [{name, algorithm, weight, reward?}]; the objective is g(R_1..R_m) with `aggregator`, each R_i
+    the value of criterion i under its own family at a common N (a sampling or tilted criterion is N-free)."""
+    if not pools:
+        raise ValueError("nothing to evaluate: no pools")
+    names = [c["name"] for c in criteria]
+    labels = [p.label for p in pools]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique, got {labels}; name them LABEL=PATH")
+    for p in pools:
+        if p.criteria != names:
+            raise ValueError(f"pool {p.label!r} is scored on {p.criteria}, the evaluation on {names}")
+    n_prompts = {len(p.prompts) for p in pools}
+    if len(n_prompts) != 1:
+        raise ValueError("all pools must cover the same prompts (use align_pools)")
+    reference = reference or labels[0]
+    if reference not in labels:
+        raise ValueError(f"reference {reference!r} is not one of the models {labels}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    configured = _configured(criteria)
+    for c, (fam, n) in zip(criteria, configured):
+        for p in pools:
+            if n is not None and n > p.m:
+                raise ValueError(f"criterion {c['name']!r} uses {c['algorithm']} but pool {p.label!r} has only "
+                                 f"M={p.m} samples per prompt; sample more (M >= {n})")
+    for a in algorithms or ():
+        n = explicit_n(a)
+        for p in pools:
+            if n is not None and n > p.m:
+                raise ValueError(f"algorithm {a} needs N={n} > M={p.m} samples per prompt of {p.label!r}")
+    families = criteria_families(criteria, algorithms)
+    objective = Objective([Criterion(c["name"], c["algorithm"], float(c.get("weight", 1.0))) for c in criteria],
+                          aggregator=aggregator, gamma=gamma)
+    P = len(pools[0].prompts)
+    boot = bootstrap_weights(P, bootstrap, seed) if bootstrap and P > 1 else None
+    rng = np.random.default_rng(seed)
+
+    models, per_prompt_obj = {}, {}
+    for pool in pools:
+        m = pool.m
+        values, per_prompt, per_prompt_cfg = {}, {}, []
+        for i, name in enumerate(names):
+            values[name] = {}
+            for fam in families[name]:
+                ns = family_ns(fam, m)
+                per_prompt[name, fam] = est = value_estimates(pool.rewards[:, :, i], fam, ns, rng=rng)
+                values[name][fam] = _curve_json(mean_ci(est, confidence), ns)
+        # objective along N (each criterion at its own family, N-free ones constant) and at the configured N
+        obj_curve = np.empty((P, len(names), m))
+        for i, (fam, n) in enumerate(configured):
+            est = per_prompt[names[i], fam]  # (P, M), or (P, 1) for sampling and tilted
+            obj_curve[:, i, :] = est if est.shape[1] == m and increasing(fam) is not None else est[:, :1]
+            per_prompt_cfg.append(obj_curve[:, i, (n or 1) - 1])
+        per_prompt_obj[pool.label] = obj_curve
+        means = obj_curve.mean(axis=0)  # (criteria, N)
+        obj_mean = objective.aggregate(means.T)
+        entry = {"n": list(range(1, m + 1)), "mean": obj_mean}
+        cfg_values = np.stack(per_prompt_cfg, axis=1)  # (P, criteria)
+        cfg_mean = float(objective.aggregate(cfg_values.mean(axis=0)))
+        configured_entry = {"mean": cfg_mean, "values": {n: float(v) for n, v in zip(names, cfg_values.mean(0))},
+                            "algorithms": {c["name"]: c["algorithm"] for c in criteria}}
+        if boot is not None:
+            bmeans = np.einsum("bp,pin->bin", boot, obj_curve)  # (B, criteria, N)
+            bobj = objective.aggregate(np.moveaxis(bmeans, 1, -1))  # (B, N)
+            lo, hi = percentile_ci(bobj, confidence)
+            entry.update(ci_low=lo, ci_high=hi, se=bobj.std(axis=0, ddof=1))
+            bcfg = objective.aggregate(boot @ cfg_values)
+            lo, hi = percentile_ci(bcfg, confidence)
+            configured_entry.update(ci_low=float(lo), ci_high=float(hi))
+        # cross-effects: select by a with bon / won, measure every b
+        cross = {}
+        for ia, a in enumerate(names):
+            cross[a] = {}
+            for fam in ("bon", "won"):
+                cross[a][fam] = {}
+                for ib, b in enumerate(names):
+                    est = cross_estimates(pool.rewards[:, :, ia], pool.rewards[:, :, ib], fam)
+                    cross[a][fam][b] = _curve_json(mean_ci(est, confidence), range(1, m + 1))
+        models[pool.label] = {"num_prompts": P, "m": m, "values": values, "objective": entry,
+                              "objective_configured": configured_entry, "cross_effects": cross,
+                              "lengths": length_stats(pool.num_tokens)}
+
+    ref_pool = pools[labels.index(reference)]
+    ref_curve = per_prompt_obj[reference]
+    eff, wins = {}, {}
+    for pool in pools:
+        if pool.label == reference:
+            continue
+        eff[pool.label] = _effective_entries(pool, ref_pool, per_prompt_obj[pool.label], ref_curve, objective,
+                                             configured, names, boot, confidence, rng)
+        wins[pool.label] = {}
+        for i, name in enumerate(names):
+            wins[pool.label][name] = {}
+            for fam in ("bon", "won"):
+                ns = range(1, min(pool.m, ref_pool.m) + 1)
+                est = win_rate_estimates(pool.rewards[:, :, i], ref_pool.rewards[:, :, i], fam, ns)
+                wins[pool.label][name][fam] = _curve_json(mean_ci(est, confidence), ns)
+
+    pareto = pareto_fronts(models, names, configured)
+    return _nan_to_none({
+        "schema_version": SCHEMA_VERSION,
+        "confidence": confidence,
+        "ci_method": {"values": "normal: mean +- z * SE over prompts (per-prompt unbiased estimates are "
+                                "independent across prompts)",
+                      "objective": f"percentile bootstrap over prompts, {bootstrap} resamples",
+                      "effective_n": f"percentile bootstrap over prompts, {bootstrap} resamples (paired)",
+                      "win_rates": "normal: mean +- z * SE over prompts",
+                      "cross_effects": "normal: mean +- z * SE over prompts"},
+        "num_prompts": P,
+        "criteria": [{"name": c["name"], "reward": _spec_text(c.get("reward")), "algorithm": c["algorithm"],
+                      "weight": float(c.get("weight", 1.0)), "family": fam, "n": n,
+                      "families": families[c["name"]]} for c, (fam, n) in zip(criteria, configured)],
+        "objective": {"aggregator": aggregator, "gamma": gamma,
+                      "description": describe_objective(criteria, aggregator)},
+        "reference": reference,
+        "key_n": key_ns(min(p.m for p in pools), [n for _, n in configured]),
+        "models": models,
+        "effective_n": eff,
+        "win_rates": wins,
+        "pareto": pareto,
+    })
+
+
+def describe_objective(criteria, aggregator: str) -> str:
+    parts = [f"{float(c.get('weight', 1.0)):g}*{c['name']}[{c['algorithm']}]" for c in criteria]
+    return f"{aggregator}({', '.join(parts)})"
+
+
+def key_ns(m: int, configured=()) -> list[int]:
+    """1, powers of two up to M, the criteria's configured N, and M."""
+    ks = {1, m, *[n for n in configured if n is not None and n <= m]}
+    k = 2
+    while k <= m:
+        ks.add(k)
+        k *= 2
+    return sorted(ks)
+
+
+def _effective_entries(pool, ref_pool, curve, ref_curve, objective, configured, names, boot, confidence, rng):
+    """Effective N of `pool` against the reference, for the objective and each N-dependent criterion."""
+    m, m_ref = pool.m, ref_pool.m
+    ns = np.arange(1, m + 1)
+    out = {"objective": None, "criteria": {}}
+
+    def entry(model_pp, ref_pp, agg, inc):
+        # model_pp: (P, k, m) per-prompt values; ref_pp: (P, k, m_ref); agg maps (..., k) -> (...)
+        target = agg(model_pp.mean(0).T)  # (m,)
+        ref_vals = agg(ref_pp.mean(0).T)  # (m_ref,)
+        point = effective_n(np.broadcast_to(ref_vals, (m, m_ref)), target, increasing=inc)
+        beaten = target < ref_vals[0] if inc else target > ref_vals[0]  # the reference's N = 1 is already better
+        e = {"n": ns.tolist(),
+             "effective_n": [("at most 1" if b else v) for b, v in zip(beaten, _json_effective(point, m_ref))],
+             "model_value": target.tolist(), "reference_value": ref_vals.tolist()}
+        if boot is not None:
+            bt = agg(np.moveaxis(np.einsum("bp,pkn->bkn", boot, model_pp), 1, -1))  # (B, m)
+            br = agg(np.moveaxis(np.einsum("bp,pkn->bkn", boot, ref_pp), 1, -1))  # (B, m_ref)
+            samples = effective_n(br[:, None, :].repeat(m, 1), bt, increasing=inc)  # (B, m)
+            lo, hi = percentile_ci(samples, confidence)
+            e.update(ci_low=_json_effective(lo, m_ref), ci_high=_json_effective(hi, m_ref))
+        return e
+
+    ref_obj = objective.aggregate(ref_curve.mean(0).T)  # (m_ref,)
+    inc = bool(ref_obj[-1] >= ref_obj[0])  # the objective's direction, from the reference's own curve
+    out["objective"] = entry(curve, ref_curve, objective.aggregate, inc)
+    out["objective"]["increasing"] = inc
+    for i, (name, (fam, _)) in enumerate(zip(names, configured)):
+        direction = increasing(fam)
+        if direction is None:
+            continue
+        e = entry(curve[:, i:i + 1], ref_curve[:, i:i + 1], lambda v: v[..., 0], direction)
+        e["family"] = fam
+        out["criteria"][name] = e
+    return out
+
+
+def pareto_fronts(models: dict, names, configured) -> dict:
+    """Per N (up to the smallest M), the non-dominated models in criterion space, each criterion at its own
+    family's value at N (sampling and tilted criteria at their single value)."""
+    labels = list(models)
+    m = min(models[k]["m"] for k in labels)
+    fronts = {}
+    for n in range(1, m + 1):
+        points = []
+        for k in labels:
+            row = []
+            for name, (fam, _) in zip(names, configured):
+                curve = models[k]["values"][name][fam]
+                row.append(curve["mean"][curve["n"].index(n)] if n in curve["n"] else curve["mean"][0])
+            points.append(row)
+        mask = pareto_front(points)
+        fronts[str(n)] = {"front": [k for k, f in zip(labels, mask) if f],
+                          "points": {k: list(map(float, pt)) for k, pt in zip(labels, points)}}
+    return {"criteria": list(names), "fronts": fronts}
+
+
+def length_stats(num_tokens) -> dict | None:
+    if num_tokens is None:
+        return None
+    t = np.asarray(num_tokens).ravel()
+    hi = int(t.max()) if t.size else 0
+    counts = np.bincount(t, minlength=hi + 1)
+    return {"mean": float(t.mean()), "std": float(t.std()), "min": int(t.min()), "max": hi,
+            "quantiles": {str(q): float(np.quantile(t, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
+            "histogram": {"lengths": list(range(hi + 1)), "counts": counts.tolist()}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pools from files, alignment
+
+
+def pools_from_records(records, criteria_names=None) -> list[Pool]:
+    """Group records by their `model` label (file order) into Pools."""
+    groups: dict[str, list] = {}
+    for r in records:
+        groups.setdefault(r.get("model", "model"), []).append(r)
+    return [Pool.from_records(rs, criteria_names, label) for label, rs in groups.items()]
+
+
+def align_pools(pools: list[Pool], reference: str | None = None) -> tuple[list[Pool], dict]:
+    """Restrict all pools to the prompts they share, in the reference's (default: the first pool's) order."""
+    from .decode import _prompt_key
+
+    ref = next((p for p in pools if p.label == reference), pools[0])
+    common = [_prompt_key(p) for p in ref.prompts]
+    for pool in pools:
+        have = {_prompt_key(p) for p in pool.prompts}
+        common = [k for k in common if k in have]
+    if not common:
+        raise ValueError("the pools share no prompts; evaluate models on the same prompts")
+    # a pool with a repeated prompt keeps its first occurrence
+    common = list(dict.fromkeys(common))
+    info = {p.label: len(p.prompts) for p in pools}
+    return [p.subset(common) for p in pools], {"common_prompts": len(common), "prompts_per_pool": info}
+
+
+def criteria_from_pool_records(records) -> list[dict]:
+    """Criteria for a pool read without a config: the ones saved in it, else one per score, with the pool's
+    decode algorithm (bon:N for N = min(4, M) if none) and weight 1."""
+    saved = records[0].get("criteria")
+    if saved:
+        from .decode import normalise_criteria
+
+        return normalise_criteria(saved)
+    m = len(records[0]["candidates"])
+    alg = records[0].get("algorithm") or f"bon:{min(4, m)}"
+    return [{"name": n, "reward": None, "algorithm": alg, "weight": 1.0} for n in records[0]["candidates"][0]["scores"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the whole evaluation
+
+
+def _safe_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "model"
+
+
+def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, algorithms=None,
+             prompts: str = "builtin", prompt_column: str = "prompt", prompt_split: str = "train",
+             limit: int | None = 64, offset: int = 0, m: int = 16, max_new_tokens: int | None = None,
+             temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+             seed: int = 0, backend: str = "hf", batch_size: int = 256, dtype=None, device=None,
+             out="results/eval", resume: bool = True, bootstrap: int = 1000, confidence: float = 0.95,
+             plots: bool = True, progress: bool = True, command: str | None = None) -> dict:
+    """Sample a pool of M per prompt for each model (saved to OUT/pools/LABEL.jsonl, resumable), read any
+    `pools` files, estimate everything, and write OUT/report.json, OUT/report.md and PNG plots.
+
+    models: run directories, model directories, built-in names or hub ids, or LABEL=PATH.
+    config: a YAML (or run directory) with `criteria` (and aggregator, gamma); default: the first model's run
+    config, else the criteria saved in the pools. All models are scored with these criteria's rewards.
+    algorithms: extra families to evaluate for every criterion, e.g. ['bon', 'won'].
+    Generation settings default to the first run's TRL fields, else GenerationSettings' defaults.
+    Returns the report (the content of report.json)."""
+    from .decode import (GenerationSettings, build_rewards, collect_prompts, load_config_file, make_backend,
+                         normalise_criteria, parse_model_arg, read_pool, sample_pool)
+
+    specs = [parse_model_arg(a) for a in models or ()]
+    pool_records = [r for path in pools or () for r in read_pool(path)]
+    if not specs and not pool_records:
+        raise ValueError("nothing to evaluate: give models or --pool files")
+    run_config = load_config_file(config) if config is not None else next(
+        (s.config for s in specs if s.config is not None), None)
+    if run_config is not None:
+        criteria = normalise_criteria(run_config["criteria"])
+        criteria_source = str(config) if config is not None else "the run config of " + next(
+            repr(s.label) for s in specs if s.config is not None)
+    elif pool_records:
+        criteria = criteria_from_pool_records(pool_records)
+        criteria_source = "the pool file"
+    else:
+        raise ValueError("no criteria: pass config (a YAML or run directory with `criteria`) or a run as a model")
+    for s in specs:  # every run must have been trained on the same criteria (weights and algorithms may differ)
+        if s.config is not None:
+            theirs = {c["name"]: str(c["reward"]) for c in normalise_criteria(s.config["criteria"])}
+            ours = {c["name"]: str(c["reward"]) for c in criteria}
+            if theirs != ours:
+                raise ValueError(f"run {s.label!r} was trained on criteria {theirs}, the evaluation uses {ours}; "
+                                 "evaluate models with the same criteria together")
+    if run_config is not None:
+        objective_settings = {"aggregator": run_config.get("aggregator", "sum"),
+                              "gamma": float(run_config.get("gamma", 1.0))}
+    else:
+        objective_settings = dict(pool_records[0].get("objective") or {"aggregator": "sum", "gamma": 1.0})
+    names = [c["name"] for c in criteria]
+    for a in algorithms or ():
+        family_of(a)  # unknown algorithm: ValueError now, before any sampling
+    need = max([parse_algorithm(c["algorithm"]).n or 1 for c in criteria])
+    if specs and m < need:
+        raise ValueError(f"M={m} samples per prompt cannot estimate N={need} of the criteria; use M >= {need}")
+    out = Path(out)
+    all_pools: list[Pool] = []
+    settings = None
+    prompt_list = None
+    if specs:
+        prompt_list = collect_prompts(source=prompts, column=prompt_column, split=prompt_split, limit=limit,
+                                      offset=offset)
+        settings = GenerationSettings.from_run_config(run_config, max_new_tokens=max_new_tokens,
+                                                      temperature=temperature, top_p=top_p, top_k=top_k)
+        labels = [s.label for s in specs]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"model labels must be unique, got {labels}; name them LABEL=PATH")
+        from .rewards import check_reward
+
+        for c in criteria:
+            check_reward(c["reward"])
+        reward_fns = None
+        for s in specs:
+            path = out / "pools" / f"{_safe_name(s.label)}.jsonl"
+            gen = make_backend(s.model, backend, dtype=dtype, device=device, batch_size=batch_size, seed=seed)
+            if reward_fns is None:
+                reward_fns = build_rewards(criteria, gen.tokenizer)
+            records = sample_pool(gen, prompt_list, criteria, reward_fns, m=m, settings=settings, seed=seed,
+                                  label=s.label, path=path, resume=resume, progress=progress, model_arg=s.model,
+                                  objective=objective_settings)
+            del gen
+            all_pools.append(Pool.from_records(records, names, s.label))
+    taken = {p.label for p in all_pools}
+    for pool in pools_from_records(pool_records, names) if pool_records else []:
+        if pool.label in taken:
+            raise ValueError(f"model label {pool.label!r} appears both as a model and in a pool file")
+        all_pools.append(pool)
+    aligned, alignment = align_pools(all_pools, reference)
+    report = estimate(aligned, criteria, aggregator=objective_settings.get("aggregator", "sum"),
+                      gamma=float(objective_settings.get("gamma", 1.0)), reference=reference,
+                      algorithms=algorithms or (), confidence=confidence, bootstrap=bootstrap, seed=seed)
+    from . import __version__
+    from .utils import machine_info
+
+    report["setup"] = {
+        "iama_version": __version__, "command": command, "criteria_from": criteria_source,
+        "prompts": None if prompt_list is None else {"source": str(prompts), "column": prompt_column,
+                                                      "split": prompt_split, "offset": offset, "limit": limit},
+        "alignment": alignment, "seed": seed, "backend": backend if specs else None,
+        "generation": None if settings is None else {"m": m, **settings.__dict__},
+        "models": {**{s.label: {"model": s.model, "run": s.config is not None,
+                                "pool": f"pools/{_safe_name(s.label)}.jsonl"} for s in specs},
+                   **{p.label: {"model": None, "run": False, "pool": "from --pool"} for p in all_pools
+                      if p.label not in {s.label for s in specs}}},
+        "machine": machine_info(),
+    }
+    from .report import write_report
+
+    write_report(report, out, plots=plots)
+    return report

@@ -1,0 +1,330 @@
+"""Writing an evaluation report: report.json (schema: docs/report.md), report.md and PNG plots (matplotlib Agg).
+
+Everything here reads the report dict that `iama.evaluate.estimate` returns; nothing is estimated here."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .utils import atomic_write_json, atomic_write_text, save_figure
+
+PLOTS = ("values_vs_n.png", "objective_vs_n.png", "pareto.png", "lengths.png", "win_rates.png")
+
+
+def write_report(report: dict, out, plots: bool = True) -> dict:
+    """OUT/report.json, OUT/report.md and, with plots, OUT/*.png; returns {what: file name}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if plots:
+        files.update(make_plots(report, out))
+    report["plots"] = files
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", markdown(report))
+    return {"json": "report.json", "markdown": "report.md", **files}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# formatting helpers
+
+
+def _fmt(x, digits=4):
+    if x is None:
+        return "–"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    return f"{x:.{digits}g}"
+
+
+def _with_ci(curve, i, digits=4):
+    mean = curve["mean"][i]
+    lo, hi = (curve.get("ci_low") or [None] * (i + 1))[i], (curve.get("ci_high") or [None] * (i + 1))[i]
+    if lo is None or hi is None:
+        return _fmt(mean, digits)
+    return f"{_fmt(mean, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+
+
+def _at(curve, n):
+    """Index of N = n in a curve, or None."""
+    return curve["n"].index(n) if n in curve["n"] else None
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def effective_statements(report: dict) -> list[str]:
+    """'iama with N = 4 matches base with N = 11 (objective)' for every model at each configured N."""
+    ref = report["reference"]
+    configured = sorted({c["n"] for c in report["criteria"] if c["n"]}) or [1]
+    lines = []
+    for label, entry in report["effective_n"].items():
+        parts = [("objective", entry["objective"])]
+        parts += [(f"{k} [{v['family']}]", v) for k, v in entry["criteria"].items()]
+        for what, e in parts:
+            if e is None:
+                continue
+            for n in configured:
+                if n not in e["n"]:
+                    continue
+                i = e["n"].index(n)
+                eff = e["effective_n"][i]
+                text = eff if isinstance(eff, str) else f"{eff:.3g}"
+                ci = ""
+                if e.get("ci_low"):
+                    lo, hi = e["ci_low"][i], e["ci_high"][i]
+                    ci = f" (95% CI {_fmt(lo, 3)} to {_fmt(hi, 3)})"
+                lines.append(f"{label} with N = {n} matches {ref} with N = {text}{ci} ({what})")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report.md
+
+
+def markdown(report: dict) -> str:
+    labels = list(report["models"])
+    ref = report["reference"]
+    keys = report["key_n"]
+    conf = int(round(100 * report["confidence"]))
+    setup = report.get("setup") or {}
+    out = ["# Evaluation under inference-time algorithms", ""]
+    out.append(f"Models: {', '.join(f'`{k}`' for k in labels)}; reference: `{ref}`. "
+               f"{report['num_prompts']} prompts, M = {', '.join(str(report['models'][k]['m']) for k in labels)} "
+               "samples per prompt (one pool per model; every N is estimated from it without further sampling).")
+    out.append("")
+    out.append(f"Objective: `{report['objective']['description']}`. Intervals are {conf}%: "
+               + "; ".join(f"{k}: {v}" for k, v in report["ci_method"].items()) + ".")
+    gen = setup.get("generation")
+    if gen:
+        out.append("")
+        out.append("Generation: " + ", ".join(f"{k} = {v}" for k, v in gen.items()) + ".")
+    out.append("")
+    out.append(_table(["criterion", "reward", "algorithm", "weight", "evaluated families"],
+                      [[c["name"], f"`{c['reward']}`", c["algorithm"], _fmt(c["weight"]), ", ".join(c["families"])]
+                       for c in report["criteria"]]))
+
+    statements = effective_statements(report)
+    if statements:
+        out += ["", "## Effective N", "",
+                f"The budget the reference `{ref}` needs to match a model's value, interpolated linearly in log N "
+                "('more than M' where its curve never gets there):", ""]
+        out += [f"- {s}" for s in statements]
+
+    out += ["", "## Objective", "", f"g of the criteria's values, each under its own algorithm at N; {conf}% CI."]
+    ns = sorted({n for k in labels for n in report["models"][k]["objective"]["n"]})
+    rows = []
+    for n in ns:
+        row = [n]
+        for k in labels:
+            curve = report["models"][k]["objective"]
+            i = _at(curve, n)
+            row.append("–" if i is None else _with_ci(curve, i))
+        rows.append(row)
+    out += ["", _table(["N", *labels], rows)]
+    rows = []
+    for k in labels:
+        e = report["models"][k]["objective_configured"]
+        ci = f" [{_fmt(e.get('ci_low'))}, {_fmt(e.get('ci_high'))}]" if e.get("ci_low") is not None else ""
+        rows.append([k, _fmt(e["mean"]) + ci, ", ".join(f"{n} = {_fmt(v)}" for n, v in e["values"].items())])
+    out += ["", "At the configured algorithms (" + ", ".join(f"{c['name']}: {c['algorithm']}"
+                                                           for c in report["criteria"]) + "):", "",
+            _table(["model", "objective", "values"], rows)]
+
+    out += ["", "## Values", ""]
+    for c in report["criteria"]:
+        for fam in c["families"]:
+            if fam == "sampling" and any(f in ("bon", "won") or f.startswith("soft_bon") for f in c["families"]):
+                continue  # sampling is N = 1 of those tables
+            header = ["model"] + [f"N = {n}" for n in keys]
+            rows = []
+            for k in labels:
+                curve = report["models"][k]["values"][c["name"]][fam]
+                row = [k]
+                for n in keys:
+                    i = _at(curve, n)
+                    row.append("–" if i is None else _with_ci(curve, i))
+                rows.append(row)
+            if all(all(x == "–" for x in r[1:]) for r in rows):
+                continue
+            out += [f"**{c['name']}** under {fam}:", "", _table(header, rows), ""]
+
+    if report["win_rates"]:
+        out += ["## Win rates", "",
+                f"P(the model's selected response beats the reference's) + P(tie) / 2, both decoded with the same "
+                f"algorithm; against `{ref}`.", ""]
+        header = ["model", "criterion", "algorithm"] + [f"N = {n}" for n in keys]
+        rows = []
+        for k, per in report["win_rates"].items():
+            for name, fams in per.items():
+                for fam, curve in fams.items():
+                    rows.append([k, name, fam] + ["–" if _at(curve, n) is None else _with_ci(curve, _at(curve, n), 3)
+                                                  for n in keys])
+        out += [_table(header, rows), ""]
+
+    names = [c["name"] for c in report["criteria"]]
+    if len(names) > 1:
+        configured = sorted({c["n"] for c in report["criteria"] if c["n"]}) or [1]
+        n = configured[0]
+        out += ["## Cross-effects", "",
+                f"Select by one criterion with best-of-N or worst-of-N at N = {n}, measure every criterion "
+                "(ties broken uniformly at random).", ""]
+        header = ["model", "select by", "algorithm"] + names
+        rows = []
+        for k in labels:
+            for a in names:
+                for fam in ("bon", "won"):
+                    per = report["models"][k]["cross_effects"][a][fam]
+                    i = _at(per[names[0]], n)
+                    if i is None:
+                        continue
+                    rows.append([k, a, f"{fam}:{n}"] + [_with_ci(per[b], i) for b in names])
+        out += [_table(header, rows), ""]
+
+    out += ["## Pareto fronts", "", "Non-dominated models in criterion space ("
+            + ", ".join(f"{c['name']} under {c['family']}" for c in report["criteria"]) + ")."
+            " A front of one model means it is at least as good on every criterion.", ""]
+    fronts = report["pareto"]["fronts"]
+    out += [_table(["N", "front", "all points"],
+                   [[n, ", ".join(fronts[str(n)]["front"]),
+                     "; ".join(f"{k}: ({', '.join(_fmt(v) for v in pt)})"
+                               for k, pt in fronts[str(n)]["points"].items())]
+                    for n in keys if str(n) in fronts]), ""]
+
+    lengths = {k: report["models"][k]["lengths"] for k in labels if report["models"][k]["lengths"]}
+    if lengths:
+        out += ["## Lengths", "", "Completion lengths in tokens (through EOS, as the length reward counts them).", "",
+                _table(["model", "mean", "std", "10%", "50%", "90%", "max"],
+                       [[k, _fmt(v["mean"]), _fmt(v["std"]), _fmt(v["quantiles"]["0.1"]), _fmt(v["quantiles"]["0.5"]),
+                         _fmt(v["quantiles"]["0.9"]), v["max"]] for k, v in lengths.items()]), ""]
+
+    if report.get("plots"):
+        out += ["## Plots", ""] + [f"![{name}]({name})" for name in report["plots"].values()] + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plots
+
+
+def _band(ax, curve, label, color, linestyle="-"):
+    xs = curve["n"]
+    ax.plot(xs, curve["mean"], marker="o", markersize=3, label=label, color=color, linestyle=linestyle)
+    if curve.get("ci_low") and None not in curve["ci_low"]:
+        ax.fill_between(xs, curve["ci_low"], curve["ci_high"], color=color, alpha=0.15, linewidth=0)
+
+
+def _log2(ax, m):
+    ax.set_xscale("log", base=2)
+    ticks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= m] or [1]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xlabel("N")
+
+
+def make_plots(report: dict, out: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(report["models"])
+    colors = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(labels)}
+    m = max(report["models"][k]["m"] for k in labels)
+    files = {}
+    crits = report["criteria"]
+    configured = sorted({c["n"] for c in crits if c["n"]})
+
+    # values vs N: a row per family that depends on N, a column per criterion
+    fams = list(dict.fromkeys(f for c in crits for f in c["families"]
+                              if f != "sampling" and not f.startswith("tilted")))
+    if fams:
+        fig, axes = plt.subplots(len(fams), len(crits), figsize=(4.2 * len(crits), 3.2 * len(fams)), squeeze=False)
+        for r, fam in enumerate(fams):
+            for col, c in enumerate(crits):
+                ax = axes[r][col]
+                for k in labels:
+                    curve = report["models"][k]["values"][c["name"]].get(fam)
+                    if curve:
+                        _band(ax, curve, k, colors[k])
+                for n in configured:
+                    ax.axvline(n, color="grey", linewidth=0.8, linestyle=":")
+                _log2(ax, m)
+                ax.set_title(f"{c['name']} under {fam}")
+                ax.set_ylabel("value")
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        files["values"] = save_figure(fig, out / "values_vs_n.png").name
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for k in labels:
+        _band(ax, report["models"][k]["objective"], k, colors[k])
+    for n in configured:
+        ax.axvline(n, color="grey", linewidth=0.8, linestyle=":")
+    _log2(ax, m)
+    ax.set_ylabel("objective")
+    ax.set_title(report["objective"]["description"], fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    files["objective"] = save_figure(fig, out / "objective_vs_n.png").name
+
+    names = report["pareto"]["criteria"]
+    if len(names) >= 2:
+        pairs = [(a, b) for i, a in enumerate(names[:4]) for b in names[i + 1:4]]
+        fronts = report["pareto"]["fronts"]
+        ns = [n for n in report["key_n"] if str(n) in fronts]
+        markers = "osD^v<>ph*"
+        fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4), squeeze=False)
+        for ax, (a, b) in zip(axes[0], pairs):
+            ia, ib = names.index(a), names.index(b)
+            for k in labels:
+                xs = [fronts[str(n)]["points"][k][ia] for n in ns]
+                ys = [fronts[str(n)]["points"][k][ib] for n in ns]
+                ax.plot(xs, ys, color=colors[k], linewidth=0.8, alpha=0.6)
+                for j, n in enumerate(ns):
+                    on_front = k in fronts[str(n)]["front"]
+                    ax.scatter(xs[j], ys[j], color=colors[k], marker=markers[j % len(markers)], s=36,
+                               edgecolors="black" if on_front else "none", linewidths=1.0, zorder=3,
+                               label=f"{k}" if j == 0 else None)
+            for j, n in enumerate(ns):
+                ax.scatter([], [], color="grey", marker=markers[j % len(markers)], label=f"N = {n}")
+            ax.set_xlabel(a)
+            ax.set_ylabel(b)
+            ax.set_title("models across N (black edge: on the front at that N)", fontsize=8)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        files["pareto"] = save_figure(fig, out / "pareto.png").name
+
+    lengths = {k: report["models"][k]["lengths"] for k in labels if report["models"][k]["lengths"]}
+    if lengths:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for k, v in lengths.items():
+            total = sum(v["histogram"]["counts"]) or 1
+            ax.step(v["histogram"]["lengths"], [c / total for c in v["histogram"]["counts"]], where="mid",
+                    color=colors[k], label=k)
+        ax.set_xlabel("completion length (tokens)")
+        ax.set_ylabel("fraction of samples")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        files["lengths"] = save_figure(fig, out / "lengths.png").name
+
+    if report["win_rates"]:
+        fig, axes = plt.subplots(1, len(crits), figsize=(4.2 * len(crits), 3.2), squeeze=False)
+        for ax, c in zip(axes[0], crits):
+            for k, per in report["win_rates"].items():
+                for fam, style in (("bon", "-"), ("won", "--")):
+                    _band(ax, per[c["name"]][fam], f"{k} {fam}", colors[k], style)
+            ax.axhline(0.5, color="grey", linewidth=0.8)
+            _log2(ax, m)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel(f"win rate vs {report['reference']}")
+            ax.set_title(c["name"])
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        files["win_rates"] = save_figure(fig, out / "win_rates.png").name
+    return files
