@@ -81,6 +81,12 @@ def _prompt_args(p, limit):
     p.add_argument("--offset", type=int, default=0, help="skip prompts (e.g. those a run trained on)")
 
 
+def _demo(a):
+    from .demo import run_demo
+
+    run_demo(a.out, configs=a.configs, model=a.model, steps=a.steps, eval_prompts=a.eval_prompts, m=a.m)
+
+
 def _lab(args):
     from .lab import run_lab
 
@@ -159,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transform family (default: exp for best-of-N, negexp for worst-of-N)")
     p.add_argument("--out", default="results/ctrl-plan")
     p.set_defaults(run=_ctrl_plan)
+    p = sub.add_parser("demo", help="the main job: GRPO vs IAMA on the length task, trained and evaluated")
+    p.add_argument("--out", default="results/demo")
+    p.add_argument("--configs", default=None, help="folder with length.yaml and length-baseline.yaml")
+    p.add_argument("--model", default=None, help="override the configs' model (e.g. tiny-gpt2 for a quick look)")
+    p.add_argument("--steps", type=int, default=None, help="override the configs' max_steps")
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts to evaluate on")
+    p.add_argument("-M", "--m", type=int, default=8, help="samples per prompt in the evaluation pools")
+    p.set_defaults(run=_demo)
     return parser
 
 

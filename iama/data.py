@@ -1,7 +1,9 @@
 """Prompts: the built-in instruction set, local files, or a Hugging Face dataset, as a list of strings.
 
 Sources for `load_prompts`:
-    "builtin"           iama/prompts/instructions.jsonl, shipped with the package
+    "builtin"           iama/prompts/instructions.jsonl, shipped with the package (436 varied instructions)
+    "builtin:NAME"      iama/prompts/NAME.jsonl: builtin:questions (299 questions with short answers, for
+                        the length task on a small model), builtin:tiny (64 prompts in tiny-gpt2's words)
     a .jsonl file       one JSON object per line; the prompt is in `column` (a line may also be a bare string)
     a .json file        a list of strings, or a list of objects with `column`
     a .csv file         with a header row naming `column`
@@ -23,16 +25,22 @@ BUILTIN = "builtin"
 SUFFIXES = (".jsonl", ".json", ".csv", ".txt")
 
 
-def builtin_path():
-    """The shipped prompt file (a Traversable; a real path for a normal install)."""
-    return resources.files("iama") / "prompts" / "instructions.jsonl"
+def builtin_path(name: str = "instructions"):
+    """A shipped prompt file (a Traversable; a real path for a normal install)."""
+    return resources.files("iama") / "prompts" / f"{name}.jsonl"
 
 
 def load_prompts(source=BUILTIN, column="prompt", split="train", limit=None) -> list[str]:
     """The first `limit` (all if None) prompts of `source`, in file order. Raises ValueError with one line."""
     source = str(source)
-    if source == BUILTIN:
-        prompts = _from_jsonl(builtin_path().read_text(encoding="utf-8"), column, "the built-in prompt set")
+    if source == BUILTIN or source.startswith(BUILTIN + ":"):
+        name = source.partition(":")[2] or "instructions"
+        path = builtin_path(name)
+        if not path.is_file():
+            shipped = sorted(p.name[: -len(".jsonl")] for p in (resources.files("iama") / "prompts").iterdir()
+                             if p.name.endswith(".jsonl"))
+            raise ValueError(f"prompts {source!r}: no built-in prompt set {name!r}; shipped: {shipped}")
+        prompts = _from_jsonl(path.read_text(encoding="utf-8"), column, f"the built-in prompt set {name!r}")
     elif source.startswith("hf:"):
         prompts = _from_hub(source, column, split)
     else:

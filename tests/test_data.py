@@ -109,3 +109,11 @@ def test_as_conversation_follows_the_chat_template():
     ds = prompt_dataset(["a", "b"], tok)
     assert ds.column_names == ["prompt"] and ds[1]["prompt"] == [{"role": "user", "content": "b"}]
     assert prompt_dataset(["a"])[0] == {"prompt": "a"}
+
+
+def test_named_builtin_prompt_sets():
+    questions = load_prompts("builtin:questions")
+    assert len(questions) >= 250 and len(set(questions)) == len(questions)
+    assert not set(questions) & set(load_prompts("builtin"))
+    with pytest.raises(ValueError, match="no built-in prompt set 'nope'"):
+        load_prompts("builtin:nope")
