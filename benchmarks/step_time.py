@@ -12,7 +12,6 @@ IAMA / GRPO so that drift in machine load hits both alike.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

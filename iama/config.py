@@ -156,7 +156,6 @@ def load_config(path=None, overrides=(), **kwargs) -> TrainConfig:
 def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     """Everything that can be checked without loading a model: fails with one clear line (ConfigError)."""
     from .algorithms import parse_algorithm
-    from .objective import Objective
 
     if not isinstance(cfg.criteria, list) or not cfg.criteria:
         raise ConfigError("criteria must be a non-empty list of {name, reward, algorithm, weight}")

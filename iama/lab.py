@@ -521,7 +521,7 @@ def run_estimators(out_dir, quick=False) -> dict:
                      label=f"{baseline} (slope {row['variance_slope']:.2f})")
     ax[2].loglog(ms, n / ms, "k--", lw=1, label="N/M: group_mean's derived bias, E ĝ = (1 - N/M) g")
     ax[2].plot([], [], "k:", lw=1, label="Monte Carlo noise level")
-    ax[2].set(title=f"policy gradient, softmax policy: |E ĝ - g| / |g|",
+    ax[2].set(title="policy gradient, softmax policy: |E ĝ - g| / |g|",
               xlabel="group size M", ylabel="relative bias")
     ax[2].legend(fontsize=7)
     ax[3].set(title="policy gradient: trace Cov(ĝ)" + (" (group_mean at M=N: ĝ = 0, not shown)" if n in ms else ""),

@@ -8,7 +8,7 @@ import torch
 
 from iama import rewards
 from iama.models import tiny_gpt2
-from iama.rewards import HFRewardModel, Length, build_reward, check_reward, harmlessness, per_text, sentiment
+from iama.rewards import HFRewardModel, Length, build_reward, check_reward, harmlessness, sentiment
 
 POSITIVE = "I love this, it is wonderful and amazing!"
 NEGATIVE = "This is terrible, I hate it. Awful."
