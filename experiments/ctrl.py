@@ -9,8 +9,9 @@ algorithm from pools (`iama eval`), and its KL to the reference; plot win rate a
     python experiments/ctrl.py                                   # SmolLM2-135M-Instruct: an hour or more on a CPU
     python experiments/ctrl.py --model tiny-gpt2 --steps 20      # the pipeline in a few minutes
 
-KL is TRL's per-token estimate (k3, against the reference) averaged over the last quarter of training, times
-the mean completion length: the sequence-level KL of the policy being trained, on the training prompts.
+KL is the sequence-level KL(policy || reference) on the held-out prompts, estimated by `iama eval` from each
+policy's own pool (iama.kl: log-likelihoods of its samples under both models). The table also gives the training
+KL (TRL's per-token k3 over the last quarter of training times the mean length) for comparison.
 Every stage resumes: a killed run continues where it stopped. Writes OUT/ctrl.json, OUT/ctrl.md, OUT/ctrl.png.
 """
 
@@ -41,8 +42,8 @@ TASKS = {  # reward, decoding procedure, the transform family that suits it
 BETAS = {"raw": [0.02, 0.1], "identity": [0.02, 0.1], "transformed": [0.5, 2.0]}  # transformed: x 0.3 e^t
 
 
-def run_kl(run_dir: Path) -> float:
-    """Sequence-level KL: TRL's per-token KL over the last quarter of training, times the mean length."""
+def train_kl(run_dir: Path) -> float:
+    """Training KL: TRL's per-token k3 estimate over the last quarter of training, times the mean length."""
     rows = [r for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("kl")]
     tail = rows[-max(1, len(rows) // 4):]
     return float(np.mean([float(r["kl"]) * float(r["completions/mean_length"]) for r in tail]))
@@ -101,14 +102,16 @@ def main():
         report = evaluate([f"reference={args.model}", *(f"{k}={v}" for k, v in labels.items())],
                           config=_eval_config(task, out), reference="reference",
                           prompts=args.prompts, limit=args.eval_prompts, offset=args.train_prompts, m=args.m,
-                          out=out / task / "eval", command="python experiments/ctrl.py")
+                          out=out / task / "eval", kl=True, command="python experiments/ctrl.py")
         fam, n = ("bon" if algorithm.startswith("bon") else "won"), parse_algorithm(algorithm).n
         for (variant, beta), run_dir in runs.items():
             curve = report["win_rates"][f"{variant}-beta{beta:.3g}"][task][fam]
             i = curve["n"].index(n)
+            kl = report["kl"]["models"][f"{variant}-beta{beta:.3g}"]
             table.append(dict(task=task, algorithm=algorithm, variant=variant,
                               transform={"raw": "raw reward", "identity": "calibrated", "transformed": transform}[variant],
-                              beta=beta, kl=run_kl(run_dir.parent), win_rate=curve["mean"][i],
+                              beta=beta, kl=kl["mean"], kl_ci_low=kl["ci_low"], kl_ci_high=kl["ci_high"],
+                              train_kl=train_kl(run_dir.parent), win_rate=curve["mean"][i],
                               ci_low=curve["ci_low"][i], ci_high=curve["ci_high"][i]))
     write(table, out, args)
 
@@ -130,10 +133,12 @@ def write(table, out: Path, args):
     atomic_write_json(out / "ctrl.json", {"command": "python " + " ".join(sys.argv), "args": vars(args), "rows": table})
     lines = ["# InfAlign-CTRL: inference-time win rate against KL", "",
              f"`python {' '.join(sys.argv)}`", "",
-             "| task | decoding | reward | beta | KL | win rate vs reference | 95% CI |", "|---|---|---|---|---|---|---|"]
+             "| task | decoding | reward | beta | KL (95% CI) | training KL | win rate vs reference (95% CI) |",
+             "|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['task']} | {r['algorithm']} | {r['transform']} | {r['beta']:.3g} | {r['kl']:.3f} | "
-                     f"{r['win_rate']:.3f} | {r['ci_low']:.3f} to {r['ci_high']:.3f} |")
+        lines.append(f"| {r['task']} | {r['algorithm']} | {r['transform']} | {r['beta']:.3g} | {r['kl']:.3f} "
+                     f"({r['kl_ci_low']:.3f} to {r['kl_ci_high']:.3f}) | {r['train_kl']:.3f} | "
+                     f"{r['win_rate']:.3f} ({r['ci_low']:.3f} to {r['ci_high']:.3f}) |")
     atomic_write_text(out / "ctrl.md", "\n".join(lines) + "\n")
     tasks = sorted({r["task"] for r in table})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
@@ -142,6 +147,7 @@ def write(table, out: Path, args):
             rows = sorted((r for r in table if r["task"] == task and r["variant"] == variant), key=lambda r: r["kl"])
             if rows:
                 ax.errorbar([r["kl"] for r in rows], [r["win_rate"] for r in rows],
+                            xerr=[[r["kl"] - r["kl_ci_low"] for r in rows], [r["kl_ci_high"] - r["kl"] for r in rows]],
                             yerr=[[r["win_rate"] - r["ci_low"] for r in rows], [r["ci_high"] - r["win_rate"] for r in rows]],
                             marker="o", color=color, capsize=3, label=rows[0]["transform"])
         ax.axhline(0.5, color="k", lw=0.5, ls=":")

@@ -54,7 +54,7 @@ def _eval(a):
                       m=a.m, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                       top_k=a.top_k, seed=a.seed, backend=a.backend, batch_size=a.batch_size, dtype=a.dtype,
                       device=a.device, out=a.out, resume=not a.no_resume, bootstrap=a.bootstrap,
-                      confidence=a.confidence, plots=not a.no_plots, progress=not a.quiet,
+                      confidence=a.confidence, plots=not a.no_plots, progress=not a.quiet, kl=a.kl,
                       command="iama " + shlex.join(sys.argv[1:]))
     for line in effective_statements(report):
         print(line)
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--kl", action="store_true", help="also the KL of each model to the reference (two forward "
+                   "passes per sample)")
     p.set_defaults(run=_eval)
 
     p = sub.add_parser("decode", help="N candidates per prompt, scored and selected (bon/won/soft_bon); JSONL out")
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=None, help="folder with length.yaml and length-baseline.yaml")
     p.add_argument("--model", default=None, help="override the configs' model (e.g. tiny-gpt2 for a quick look)")
     p.add_argument("--steps", type=int, default=None, help="override the configs' max_steps")
-    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts to evaluate on")
+    p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts to evaluate on")
     p.add_argument("-M", "--m", type=int, default=8, help="samples per prompt in the evaluation pools")
     p.set_defaults(run=_demo)
     return parser

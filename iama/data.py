@@ -2,7 +2,7 @@
 
 Sources for `load_prompts`:
     "builtin"           iama/prompts/instructions.jsonl, shipped with the package (436 varied instructions)
-    "builtin:NAME"      iama/prompts/NAME.jsonl: builtin:questions (299 questions with short answers, for
+    "builtin:NAME"      iama/prompts/NAME.jsonl: builtin:questions (299 questions asking for one or two sentences, for
                         the length task on a small model), builtin:tiny (64 prompts in tiny-gpt2's words)
     a .jsonl file       one JSON object per line; the prompt is in `column` (a line may also be a bare string)
     a .json file        a list of strings, or a list of objects with `column`

@@ -367,7 +367,7 @@ def chunk_seed(seed: int, label: str, start: int) -> int:
 def _record(prompt, label, candidates, settings: dict, criteria, objective=None) -> dict:
     r = {"prompt": prompt, "model": label,
          "candidates": [{"text": c["text"], "num_tokens": c["num_tokens"], "finished": c["finished"],
-                         "scores": c["scores"]} for c in candidates],
+                         "scores": c["scores"], **({"ids": c["ids"]} if "ids" in c else {})} for c in candidates],
          "settings": settings,
          "criteria": [{**c, "reward": _spec_text(c["reward"])} for c in criteria]}
     if objective:

@@ -16,7 +16,7 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, eval_prompts=32, m=8,
+def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, eval_prompts=64, m=8,
              progress=True) -> dict:
     from .config import load_config
     from .evaluate import evaluate

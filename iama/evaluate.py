@@ -627,7 +627,7 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
              temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
              seed: int = 0, backend: str = "hf", batch_size: int = 256, dtype=None, device=None,
              out="results/eval", resume: bool = True, bootstrap: int = 1000, confidence: float = 0.95,
-             plots: bool = True, progress: bool = True, command: str | None = None) -> dict:
+             plots: bool = True, progress: bool = True, kl: bool = False, command: str | None = None) -> dict:
     """Sample a pool of M per prompt for each model (saved to OUT/pools/LABEL.jsonl, resumable), read any
     `pools` files, estimate everything, and write OUT/report.json, OUT/report.md and PNG plots.
 
@@ -636,6 +636,8 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     config, else the criteria saved in the pools. All models are scored with these criteria's rewards.
     algorithms: extra families to evaluate for every criterion, e.g. ['bon', 'won'].
     Generation settings default to the first run's TRL fields, else GenerationSettings' defaults.
+    kl: also estimate each sampled model's KL to the reference model from its pool (iama.kl; plain sampling
+    only); it costs two forward passes per sample, about as much as drawing the pools again.
     Returns the report (the content of report.json)."""
     from .decode import (GenerationSettings, build_rewards, collect_prompts, load_config_file, make_backend,
                          normalise_criteria, parse_model_arg, read_pool, sample_pool)
@@ -709,6 +711,10 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     report = estimate(aligned, criteria, aggregator=objective_settings.get("aggregator", "sum"),
                       gamma=float(objective_settings.get("gamma", 1.0)), reference=reference,
                       algorithms=algorithms or (), confidence=confidence, bootstrap=bootstrap, seed=seed)
+    report["kl"] = None
+    if kl and specs:
+        report["kl"] = kl_to_reference(aligned, specs, report["reference"], settings, dtype=dtype, device=device,
+                                       confidence=confidence)
     from . import __version__
     from .utils import machine_info
 
@@ -728,3 +734,30 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
 
     write_report(report, out, plots=plots)
     return report
+
+
+def kl_to_reference(pools: list[Pool], specs, reference: str | None, settings, *, dtype=None, device=None,
+                    confidence: float = 0.95) -> dict | None:
+    """KL(model || reference) of every sampled model but the reference, from its own pool (iama.kl), as
+    {"reference", "models": {label: {mean, ci_low, ci_high, se}}, "note"}; None without a reference model."""
+    from dataclasses import asdict
+
+    from .decode import HFBackend
+    from .kl import plain_sampling, pool_kl
+
+    models = {s.label: s.model for s in specs}
+    if reference not in models:
+        return None
+    result = {"reference": reference, "models": {}, "note": None}
+    if not plain_sampling(asdict(settings)):
+        result["note"] = "not estimated: the pools were not drawn by plain sampling (temperature 1, no truncation)"
+        return result
+    ref = HFBackend(models[reference], dtype=dtype, device=device)
+    for pool in pools:
+        if pool.label == reference or pool.label not in models:
+            continue
+        policy = HFBackend(models[pool.label], dtype=dtype, device=device)
+        per_prompt = pool_kl(pool.records, policy, ref)
+        result["models"][pool.label] = _nan_to_none(mean_ci(per_prompt, confidence))
+        del policy
+    return result

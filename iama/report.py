@@ -97,6 +97,9 @@ def markdown(report: dict) -> str:
     out.append(f"Models: {', '.join(f'`{k}`' for k in labels)}; reference: `{ref}`. "
                f"{report['num_prompts']} prompts, M = {', '.join(str(report['models'][k]['m']) for k in labels)} "
                "samples per prompt (one pool per model; every N is estimated from it without further sampling).")
+    if setup.get("command"):
+        machine = setup.get("machine") or {}
+        out.append(f"Made by `{setup['command']}`" + (f" on {_machine_line(machine)}" if machine else "") + ".")
     out.append("")
     out.append(f"Objective: `{report['objective']['description']}`. Intervals are {conf}%: "
                + "; ".join(f"{k}: {v}" for k, v in report["ci_method"].items()) + ".")
@@ -166,6 +169,15 @@ def markdown(report: dict) -> str:
                     rows.append([k, name, fam] + ["–" if _at(curve, n) is None else _with_ci(curve, _at(curve, n), 3)
                                                   for n in keys])
         out += [_table(header, rows), ""]
+
+    kl = report.get("kl")
+    if kl and (kl["models"] or kl["note"]):
+        out += ["## KL to the reference", "",
+                f"KL(model || `{kl['reference']}`) in nats per completion, from each model's own pool: the mean of "
+                "log p_model(y|x) - log p_ref(y|x) over its samples; " + (kl["note"] or f"{conf}% CI."), ""]
+        if kl["models"]:
+            out += [_table(["model", "KL", "CI"], [[k, _fmt(v["mean"]), f"{_fmt(v['ci_low'])} to {_fmt(v['ci_high'])}"]
+                                                  for k, v in kl["models"].items()]), ""]
 
     names = [c["name"] for c in report["criteria"]]
     if len(names) > 1:
@@ -328,3 +340,8 @@ def make_plots(report: dict, out: Path) -> dict:
         fig.tight_layout()
         files["win_rates"] = save_figure(fig, out / "win_rates.png").name
     return files
+
+
+def _machine_line(machine: dict) -> str:
+    device = machine.get("gpu") or f"{machine.get('cpu_count', '?')} CPU cores"
+    return f"{device}, torch {machine.get('torch', '?')}, Python {machine.get('python', '?')}"

@@ -115,5 +115,7 @@ def test_named_builtin_prompt_sets():
     questions = load_prompts("builtin:questions")
     assert len(questions) >= 250 and len(set(questions)) == len(questions)
     assert not set(questions) & set(load_prompts("builtin"))
+    # the length task needs SmolLM2's answers to spread below the 64-token cap: each asks for a short answer
+    assert all(q.endswith("sentences.") for q in questions)
     with pytest.raises(ValueError, match="no built-in prompt set 'nope'"):
         load_prompts("builtin:nope")

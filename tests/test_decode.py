@@ -299,7 +299,7 @@ def test_eval_end_to_end_on_the_tiny_model_saves_pools_and_a_report(tmp_path):
         "aggregator": "min", "max_completion_length": 16}))
     out = tmp_path / "eval"
     report = evaluate(["base=tiny-gpt2", "other=tiny-gpt2"], config=cfg, limit=6, m=4, out=out, bootstrap=100,
-                      progress=False)
+                      progress=False, kl=True)
     assert report["setup"]["generation"]["max_new_tokens"] == 16  # from the config's TRL field
     assert sorted(p.name for p in (out / "pools").iterdir()) == ["base.jsonl", "other.jsonl"]
     assert json.loads((out / "report.json").read_text())["reference"] == "base"
@@ -308,6 +308,10 @@ def test_eval_end_to_end_on_the_tiny_model_saves_pools_and_a_report(tmp_path):
     v = report["models"]["other"]["values"]
     expected = np.minimum(v["short"]["bon"]["mean"], v["long"]["bon"]["mean"])  # aggregator: min
     np.testing.assert_allclose(report["models"]["other"]["objective"]["mean"], expected)
+    # the same weights under two labels: KL(other || base) from other's pool is zero
+    assert report["kl"]["reference"] == "base" and list(report["kl"]["models"]) == ["other"]
+    assert report["kl"]["models"]["other"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert "## KL to the reference" in (out / "report.md").read_text()
     # the report is remade from the saved pools alone (criteria and aggregator saved in them), same numbers
     again = evaluate(pools=[out / "pools" / "base.jsonl", out / "pools" / "other.jsonl"], out=tmp_path / "again",
                      bootstrap=100, plots=False)
