@@ -17,6 +17,7 @@ or conversations `[{"role": "user", "content": ...}]` that it renders with the t
 from __future__ import annotations
 
 import csv
+import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -91,16 +92,17 @@ def _from_file(path: Path, column: str) -> list[str]:
             raise ValueError(f"prompts {where}: expected a JSON list of strings or objects, got {type(rows).__name__}")
         return [_prompt(row, column, f"{where} item {i}") for i, row in enumerate(rows)]
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if column not in (reader.fieldnames or []):
             raise ValueError(f"prompts {where}: no column {column!r}; the header has {reader.fieldnames}")
         return [_prompt(row, column, f"{where} row {i + 2}") for i, row in enumerate(reader)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text.split("\n") if line.strip()]
 
 
 def _from_jsonl(text: str, column: str, where: str) -> list[str]:
     prompts = []
-    for i, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines also breaks at U+2028, U+0085 ..., which JSON leaves unescaped in strings
+    for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

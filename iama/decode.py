@@ -387,7 +387,8 @@ def read_pool(path) -> list[dict]:
     if not p.is_file():
         raise ValueError(f"pool {str(path)!r} not found")
     records, names = [], None
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    # split on "\n" only: str.splitlines also breaks at U+2028, U+0085 ..., which JSON leaves unescaped in strings
+    for i, line in enumerate(p.read_text(encoding="utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         where = f"pool {p.name!r} line {i}"

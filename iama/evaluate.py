@@ -320,6 +320,17 @@ class Pool:
 # the estimation core
 
 
+def _paired_difference(model_values, ref_values, objective, boot, confidence) -> dict:
+    """g(model) - g(reference) at the configured algorithms, with a paired percentile bootstrap over prompts
+    (both pools are on the same prompts, so prompt-to-prompt variation cancels). Values: (P, criteria)."""
+    out = {"mean": float(objective.aggregate(model_values.mean(0)) - objective.aggregate(ref_values.mean(0)))}
+    if boot is not None:
+        diffs = objective.aggregate(boot @ model_values) - objective.aggregate(boot @ ref_values)
+        lo, hi = percentile_ci(diffs, confidence)
+        out.update(ci_low=float(lo), ci_high=float(hi))
+    return out
+
+
 def _configured(criteria):
     """(family, N) of each criterion's configured algorithm (N None for tilted)."""
     out = []
@@ -402,7 +413,7 @@ def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum"
     boot = bootstrap_weights(P, bootstrap, seed) if bootstrap and P > 1 else None
     rng = np.random.default_rng(seed)
 
-    models, per_prompt_obj = {}, {}
+    models, per_prompt_obj, per_prompt_configured = {}, {}, {}
     for pool in pools:
         m = pool.m
         values, per_prompt, per_prompt_cfg = {}, {}, []
@@ -422,7 +433,7 @@ def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum"
         means = obj_curve.mean(axis=0)  # (criteria, N)
         obj_mean = objective.aggregate(means.T)
         entry = {"n": list(range(1, m + 1)), "mean": obj_mean}
-        cfg_values = np.stack(per_prompt_cfg, axis=1)  # (P, criteria)
+        cfg_values = per_prompt_configured[pool.label] = np.stack(per_prompt_cfg, axis=1)  # (P, criteria)
         cfg_mean = float(objective.aggregate(cfg_values.mean(axis=0)))
         configured_entry = {"mean": cfg_mean, "values": {n: float(v) for n, v in zip(names, cfg_values.mean(0))},
                             "algorithms": {c["name"]: c["algorithm"] for c in criteria}}
@@ -453,6 +464,8 @@ def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum"
     for pool in pools:
         if pool.label == reference:
             continue
+        models[pool.label]["objective_configured"]["minus_reference"] = _paired_difference(
+            per_prompt_configured[pool.label], per_prompt_configured[reference], objective, boot, confidence)
         eff[pool.label] = _effective_entries(pool, ref_pool, per_prompt_obj[pool.label], ref_curve, objective,
                                              configured, names, boot, confidence, rng)
         wins[pool.label] = {}
@@ -471,6 +484,7 @@ def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum"
                                 "independent across prompts)",
                       "objective": f"percentile bootstrap over prompts, {bootstrap} resamples",
                       "effective_n": f"percentile bootstrap over prompts, {bootstrap} resamples (paired)",
+                      "minus_reference": f"percentile bootstrap over prompts, {bootstrap} resamples (paired)",
                       "win_rates": "normal: mean +- z * SE over prompts",
                       "cross_effects": "normal: mean +- z * SE over prompts"},
         "num_prompts": P,

@@ -134,10 +134,15 @@ def markdown(report: dict) -> str:
     for k in labels:
         e = report["models"][k]["objective_configured"]
         ci = f" [{_fmt(e.get('ci_low'))}, {_fmt(e.get('ci_high'))}]" if e.get("ci_low") is not None else ""
-        rows.append([k, _fmt(e["mean"]) + ci, ", ".join(f"{n} = {_fmt(v)}" for n, v in e["values"].items())])
+        d = e.get("minus_reference")
+        diff = "–" if d is None else _fmt(d["mean"]) + (
+            f" [{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]" if d.get("ci_low") is not None else "")
+        rows.append([k, _fmt(e["mean"]) + ci, diff,
+                     ", ".join(f"{n} = {_fmt(v)}" for n, v in e["values"].items())])
     out += ["", "At the configured algorithms (" + ", ".join(f"{c['name']}: {c['algorithm']}"
-                                                           for c in report["criteria"]) + "):", "",
-            _table(["model", "objective", "values"], rows)]
+                                                           for c in report["criteria"]) + "); the difference to "
+            f"`{ref}` has a paired bootstrap interval (same prompts):", "",
+            _table(["model", "objective", f"minus {ref}", "values"], rows)]
 
     out += ["", "## Values", ""]
     for c in report["criteria"]:

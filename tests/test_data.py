@@ -119,3 +119,13 @@ def test_named_builtin_prompt_sets():
     assert all(q.endswith("sentences.") for q in questions)
     with pytest.raises(ValueError, match="no built-in prompt set 'nope'"):
         load_prompts("builtin:nope")
+
+
+def test_prompt_files_keep_unicode_line_separators(tmp_path):
+    odd = "first\u2028second\x85third"
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": odd}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_prompts(str(tmp_path / "p.jsonl")) == [odd]
+    (tmp_path / "p.txt").write_text(f"{odd}\r\nplain\n", encoding="utf-8")
+    assert load_prompts(str(tmp_path / "p.txt")) == [odd, "plain"]
+    (tmp_path / "p.csv").write_text(f'prompt\n"{odd}"\nplain\n', encoding="utf-8")
+    assert load_prompts(str(tmp_path / "p.csv")) == [odd, "plain"]

@@ -317,3 +317,14 @@ def test_eval_end_to_end_on_the_tiny_model_saves_pools_and_a_report(tmp_path):
                      bootstrap=100, plots=False)
     assert again["models"]["other"]["objective"]["mean"] == report["models"]["other"]["objective"]["mean"]
     assert again["effective_n"] == report["effective_n"]
+
+
+def test_pool_texts_with_unicode_line_separators_round_trip(tmp_path):
+    from iama.decode import write_pool
+
+    text = "one\u2028two\x85three\u2029four\x0bfive\r\nsix"  # str.splitlines would cut each of these
+    record = {"prompt": "p\u2028q", "model": "m",
+              "candidates": [{"text": text, "num_tokens": 3, "scores": {"a": 1.0}}]}
+    write_pool(tmp_path / "pool.jsonl", [record, record])
+    back = read_pool(tmp_path / "pool.jsonl")
+    assert len(back) == 2 and back[0]["candidates"][0]["text"] == text and back[1]["prompt"] == "p\u2028q"

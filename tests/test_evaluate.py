@@ -189,6 +189,14 @@ def test_estimate_builds_a_consistent_report(tmp_path):
     assert flipped["effective_n"]["base"]["objective"]["effective_n"][0] == "at most 1"
     assert "ci_low" not in flipped["effective_n"]["base"]["objective"]  # no bootstrap, no interval
     assert report["pareto"]["fronts"]["4"]["front"] == ["better"]
+    # paired difference: every sample shifted by 0.5 -> exactly +0.5 in every bootstrap resample, while the
+    # unpaired intervals are wide (prompts differ)
+    diff = report["models"]["better"]["objective_configured"]["minus_reference"]
+    assert diff["mean"] == pytest.approx(0.5) and diff["ci_low"] == pytest.approx(0.5)
+    assert diff["ci_high"] == pytest.approx(0.5)
+    conf = report["models"]["better"]["objective_configured"]
+    assert conf["ci_high"] - conf["ci_low"] > 0.1
+    assert "minus_reference" not in report["models"]["base"]["objective_configured"]
     # cross-effects: selecting c0 by itself is c0's own value
     assert report["models"]["base"]["cross_effects"]["c0"]["bon"]["c0"]["mean"] == \
         report["models"]["base"]["values"]["c0"]["bon"]["mean"]
