@@ -185,6 +185,27 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         raise ConfigError(f"TRL's GRPOConfig refused the config: {str(e).splitlines()[0]}") from None
 
 
+# where and how a run logs and saves: free to change when it resumes
+RESUME_FREE = {"output_dir", "resume", "trl.report_to", "trl.logging_steps", "trl.logging_dir", "trl.save_steps",
+               "trl.save_total_limit", "trl.disable_tqdm"}
+
+
+def changed_settings(output_dir, cfg: TrainConfig) -> list[str]:
+    """The settings in which `cfg` differs from the run saved in output_dir/config.yaml (none if there is none),
+    so that a resumed or finished run is never silently one of other settings."""
+    path = Path(output_dir) / "config.yaml"
+    if not path.is_file():
+        return []
+
+    def flat(d):
+        d = dict(d or {})
+        return {**{k: v for k, v in d.items() if k != "trl"}, **{f"trl.{k}": v for k, v in (d.get("trl") or {}).items()}}
+
+    saved = flat(yaml.safe_load(path.read_text()))
+    now = flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))  # the same YAML round trip
+    return sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
+
+
 def last_checkpoint(output_dir) -> str | None:
     """The newest checkpoint that was written completely (trainer_state.json is saved last)."""
     folders = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
@@ -263,6 +284,11 @@ def train(cfg: TrainConfig) -> Path:
     validate(cfg)
     out = Path(cfg.output_dir)
     final = out / "final"
+    if cfg.resume and ((final / "iama_config.yaml").is_file() or last_checkpoint(out)):
+        changed = changed_settings(out, cfg)
+        if changed:
+            raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)} differ); set "
+                              "resume=false to train it again, or use another output_dir")
     if cfg.resume and (final / "iama_config.yaml").is_file():
         print(f"{final} exists: the run is complete (set resume=false or another output_dir to train again)")
         return final

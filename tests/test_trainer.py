@@ -179,6 +179,30 @@ def test_bad_config_stops_with_one_line_before_loading_a_model(override, message
     assert err.startswith("iama: error:") and len(err.splitlines()) == 1 and message in err, err
 
 
+def test_a_finished_run_is_not_reused_under_other_settings(tmp_path, capsys):
+    import yaml
+
+    from iama.config import to_dict
+    from iama.trainer import train
+
+    cfg = load_config(None, output_dir=str(tmp_path / "run"), max_steps=3, learning_rate=1e-4, report_to="none")
+    (tmp_path / "run" / "final").mkdir(parents=True)  # a finished run of exactly these settings
+    for path in (tmp_path / "run" / "config.yaml", tmp_path / "run" / "final" / "iama_config.yaml"):
+        path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    assert train(cfg) == tmp_path / "run" / "final"  # reused, nothing loaded
+    logs_elsewhere = load_config(None, output_dir=str(tmp_path / "run"), max_steps=3, learning_rate=1e-4,
+                                 report_to="tensorboard")
+    assert train(logs_elsewhere) == tmp_path / "run" / "final"
+    other = load_config(None, output_dir=str(tmp_path / "run"), max_steps=5, learning_rate=3e-4, report_to="none")
+    with pytest.raises(ConfigError, match=r"other settings \(max_steps, trl.learning_rate differ\)"):
+        train(other)
+    fresh = load_config(None, output_dir=str(tmp_path / "run"), max_steps=5, resume=False)
+    from iama.trainer import changed_settings
+
+    assert "max_steps" in changed_settings(tmp_path / "run", fresh)
+    assert changed_settings(tmp_path / "elsewhere", fresh) == []
+
+
 def test_missing_config_file(capsys):
     assert main(["train", "no-such-config.yaml"]) == 2
     assert "not found" in capsys.readouterr().err
