@@ -28,17 +28,19 @@ def completion_logprobs(backend, prompts, completions, batch_size: int = 16) -> 
     prompts: one per completion (a string or chat messages, tokenised as in generation)."""
     import torch
 
+    from .decode import _prompt_key
+
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-    unique = list(dict.fromkeys(_key(p) for p in prompts))
-    by_key = {k: p for k, p in zip((_key(p) for p in prompts), prompts)}
-    prompt_ids = dict(zip(unique, backend.prompt_ids([by_key[k] for k in unique])))
+    keys = [_prompt_key(p) for p in prompts]
+    first = dict(zip(keys, prompts))  # each distinct prompt is tokenised once
+    prompt_ids = dict(zip(first, backend.prompt_ids(list(first.values()))))
     pad = backend.tokenizer.pad_token_id or 0
     out = np.zeros(len(completions))
     model = backend.model
     for start in range(0, len(completions), batch_size):
-        rows = [(prompt_ids[_key(p)], list(c)) for p, c in
-                zip(prompts[start:start + batch_size], completions[start:start + batch_size])]
+        rows = [(prompt_ids[k], list(c)) for k, c in
+                zip(keys[start:start + batch_size], completions[start:start + batch_size])]
         width = max(len(p) + len(c) for p, c in rows)
         ids = torch.tensor([p + c + [pad] * (width - len(p) - len(c)) for p, c in rows], device=backend.device)
         mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in rows],
@@ -69,11 +71,4 @@ def pool_kl(records, policy, reference, batch_size: int = 16) -> np.ndarray:
             owner.append(i)
     diff = (completion_logprobs(policy, prompts, completions, batch_size)
             - completion_logprobs(reference, prompts, completions, batch_size))
-    owner = np.asarray(owner)
-    return np.array([diff[owner == i].mean() for i in range(len(records))])
-
-
-def _key(prompt) -> str:
-    from .decode import _prompt_key
-
-    return _prompt_key(prompt)
+    return np.bincount(owner, weights=diff, minlength=len(records)) / np.bincount(owner, minlength=len(records))

@@ -133,11 +133,8 @@ def markdown(report: dict) -> str:
     rows = []
     for k in labels:
         e = report["models"][k]["objective_configured"]
-        ci = f" [{_fmt(e.get('ci_low'))}, {_fmt(e.get('ci_high'))}]" if e.get("ci_low") is not None else ""
         d = e.get("minus_reference")
-        diff = "–" if d is None else _fmt(d["mean"]) + (
-            f" [{_fmt(d.get('ci_low'))}, {_fmt(d.get('ci_high'))}]" if d.get("ci_low") is not None else "")
-        rows.append([k, _fmt(e["mean"]) + ci, diff,
+        rows.append([k, _with_interval(e), "–" if d is None else _with_interval(d),
                      ", ".join(f"{n} = {_fmt(v)}" for n, v in e["values"].items())])
     out += ["", "At the configured algorithms (" + ", ".join(f"{c['name']}: {c['algorithm']}"
                                                            for c in report["criteria"]) + "); the difference to "
@@ -345,6 +342,12 @@ def make_plots(report: dict, out: Path) -> dict:
         fig.tight_layout()
         files["win_rates"] = save_figure(fig, out / "win_rates.png").name
     return files
+
+
+def _with_interval(e: dict) -> str:
+    """'mean [low, high]', or the mean alone when there is no interval."""
+    ci = f" [{_fmt(e.get('ci_low'))}, {_fmt(e.get('ci_high'))}]" if e.get("ci_low") is not None else ""
+    return _fmt(e["mean"]) + ci
 
 
 def _machine_line(machine: dict) -> str:
