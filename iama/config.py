@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = "runs/iama"
     resume: bool = True  # continue from the last complete checkpoint in output_dir
+    keep_checkpoints: bool = False  # checkpoints serve resuming; once final/ is written they go unless kept
     # anything else for TRL's GRPOConfig (learning_rate, max_completion_length, use_vllm, ...)
     trl: dict = field(default_factory=dict)
 

@@ -186,7 +186,7 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
 
 
 # where and how a run logs and saves: free to change when it resumes
-RESUME_FREE = {"output_dir", "resume", "trl.report_to", "trl.logging_steps", "trl.logging_dir", "trl.save_steps",
+RESUME_FREE = {"output_dir", "resume", "keep_checkpoints", "trl.report_to", "trl.logging_steps", "trl.logging_dir", "trl.save_steps",
                "trl.save_total_limit", "trl.disable_tqdm"}
 
 
@@ -301,4 +301,9 @@ def train(cfg: TrainConfig) -> Path:
               + (f"; resuming from {checkpoint}" if checkpoint else ""))
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.accelerator.wait_for_everyone()
-    return save_final(trainer, tokenizer, final, cfg)
+    save_final(trainer, tokenizer, final, cfg)
+    if not cfg.keep_checkpoints and trainer.accelerator.is_main_process:
+        # optimizer state makes each checkpoint ~3x the model; a finished run never resumes from them
+        for folder in out.glob("checkpoint-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+    return final

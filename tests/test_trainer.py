@@ -119,7 +119,7 @@ def read_metrics(path):
 def test_checkpoint_kill_and_resume(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "iama.cli", "train", str(TINY), "max_steps=12", "save_steps=2", "max_prompts=16",
-           "per_device_train_batch_size=16", f"output_dir={out}"]
+           "per_device_train_batch_size=16", f"output_dir={out}", "keep_checkpoints=true"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "checkpoint-4" / "trainer_state.json").is_file():
@@ -151,6 +151,7 @@ def test_lora_is_merged_into_final(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert not any("lora" in k for k in model.state_dict())
     assert AutoTokenizer.from_pretrained(tmp_path / "final").eos_token == "<eos>"
+    assert not list(tmp_path.glob("checkpoint-*"))  # a finished run drops its checkpoints unless told to keep them
 
 
 @pytest.mark.parametrize("override, message", [
