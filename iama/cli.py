@@ -84,7 +84,7 @@ def _prompt_args(p, limit):
 def _demo(a):
     from .demo import run_demo
 
-    run_demo(a.out, configs=a.configs, model=a.model, steps=a.steps, eval_prompts=a.eval_prompts, m=a.m)
+    run_demo(a.out, configs=a.configs, model=a.model, steps=a.steps, seed=a.seed, eval_prompts=a.eval_prompts, m=a.m)
 
 
 def _lab(args):
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=None, help="folder with length.yaml and length-baseline.yaml")
     p.add_argument("--model", default=None, help="override the configs' model (e.g. tiny-gpt2 for a quick look)")
     p.add_argument("--steps", type=int, default=None, help="override the configs' max_steps")
+    p.add_argument("--seed", type=int, default=None, help="override the configs' training seed (robustness checks)")
     p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts to evaluate on")
     p.add_argument("-M", "--m", type=int, default=8, help="samples per prompt in the evaluation pools")
     p.set_defaults(run=_demo)

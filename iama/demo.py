@@ -16,7 +16,7 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, eval_prompts=64, m=8,
+def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=None, eval_prompts=64, m=8,
              progress=True) -> dict:
     from .config import load_config
     from .evaluate import evaluate
@@ -26,6 +26,7 @@ def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, eval_p
     out, configs = Path(out), Path(configs or CONFIGS)
     overrides = [f"model={model}"] if model else []
     overrides += [f"max_steps={steps}"] if steps else []
+    overrides += [f"seed={seed}"] if seed is not None else []
     runs = {}
     for label, name in [("grpo", "length-baseline.yaml"), ("iama", "length.yaml")]:
         cfg = load_config(configs / name, [*overrides, f"output_dir={out / 'runs' / label}"])

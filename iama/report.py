@@ -78,7 +78,7 @@ def effective_statements(report: dict) -> list[str]:
                 ci = ""
                 if e.get("ci_low"):
                     lo, hi = e["ci_low"][i], e["ci_high"][i]
-                    ci = f" (95% CI {_fmt(lo, 3)} to {_fmt(hi, 3)})"
+                    ci = f" ({report.get('confidence', 0.95):.0%} CI {_fmt(lo, 3)} to {_fmt(hi, 3)})"
                 lines.append(f"{label} with N = {n} matches {ref} with N = {text}{ci} ({what})")
     return lines
 
