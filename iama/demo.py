@@ -16,6 +16,14 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+def _command(out, configs, model, steps, seed, eval_prompts, m) -> str:
+    """The `iama demo` call that reproduces this run, for the report's "Made by" line."""
+    flags = {"--configs": None if Path(configs) == CONFIGS else configs, "--model": model, "--steps": steps,
+             "--seed": seed, "--eval-prompts": None if eval_prompts == 64 else eval_prompts,
+             "-M": None if m == 8 else m}
+    return " ".join(["iama demo", *(f"{k} {v}" for k, v in flags.items() if v is not None), "--out", str(out)])
+
+
 def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=None, eval_prompts=64, m=8,
              progress=True) -> dict:
     from .config import load_config
@@ -37,7 +45,8 @@ def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=N
     report = evaluate(
         [f"untrained={cfg.model}", f"grpo={runs['grpo']}", f"iama={runs['iama']}"],
         config=configs / "length.yaml", reference="grpo", prompts=cfg.prompts, prompt_column=cfg.prompt_column,
-        limit=eval_prompts, offset=trained_on, m=m, out=out, progress=progress, command="iama demo",
+        limit=eval_prompts, offset=trained_on, m=m, out=out, progress=progress,
+        command=_command(out, configs, model, steps, seed, eval_prompts, m),
     )
     for line in effective_statements(report):
         print(line)

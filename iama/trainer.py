@@ -186,8 +186,8 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
 
 
 # where and how a run logs and saves: free to change when it resumes
-RESUME_FREE = {"output_dir", "resume", "keep_checkpoints", "trl.report_to", "trl.logging_steps", "trl.logging_dir", "trl.save_steps",
-               "trl.save_total_limit", "trl.disable_tqdm"}
+RESUME_FREE = {"output_dir", "resume", "keep_checkpoints", "trl.report_to", "trl.logging_steps", "trl.logging_dir",
+               "trl.save_steps", "trl.save_total_limit", "trl.disable_tqdm"}
 
 
 def changed_settings(output_dir, cfg: TrainConfig) -> list[str]:

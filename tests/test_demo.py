@@ -13,6 +13,7 @@ def test_demo_runs_end_to_end_then_reuses_its_runs(tmp_path, capsys, monkeypatch
     report = json.loads((tmp_path / "report.json").read_text())
     assert list(report["models"]) == ["untrained", "grpo", "iama"] and report["reference"] == "grpo"
     assert report["num_prompts"] == 3
+    assert report["setup"]["command"] == f"iama demo --model tiny-gpt2 --steps 1 --eval-prompts 3 -M 4 --out {tmp_path}"
     printed = capsys.readouterr().out
     assert "iama with N = 4 matches grpo with N = " in printed and "(objective)" in printed
     assert (tmp_path / "report.md").is_file() and (tmp_path / "lengths.png").is_file()
