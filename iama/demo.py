@@ -6,11 +6,18 @@
 3. report every criterion's value under best-of-N for every N <= M, the best-of-4 objective with intervals,
    the effective N of IAMA against GRPO, Pareto fronts and length histograms (OUT/report.md and plots).
 
-Each stage resumes: a killed demo run again continues where it stopped.
+On a CPU with two or more cores the two runs train side by side, each on half the cores (OUT/runs/LABEL.log
+holds their output): torch gains little from a second thread on matrices this small, so this is faster than
+one run after the other. Each stage resumes: a killed demo run again continues where it stopped.
 """
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -18,28 +25,105 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def _command(out, configs, model, steps, seed, eval_prompts, m) -> str:
     """The `iama demo` call that reproduces this run, for the report's "Made by" line."""
-    flags = {"--configs": None if Path(configs) == CONFIGS else configs, "--model": model, "--steps": steps,
+    flags = {"--configs": None if Path(configs).resolve() == CONFIGS else configs, "--model": model, "--steps": steps,
              "--seed": seed, "--eval-prompts": None if eval_prompts == 64 else eval_prompts,
              "-M": None if m == 8 else m}
     return " ".join(["iama demo", *(f"{k} {v}" for k, v in flags.items() if v is not None), "--out", str(out)])
 
 
+def _steps_done(output_dir) -> tuple[int, str]:
+    """The last logged step of a run and its objective estimate, from OUTPUT/metrics.csv (written atomically)."""
+    try:
+        with open(Path(output_dir) / "metrics.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step")]
+    except FileNotFoundError:
+        return 0, ""
+    if not rows:
+        return 0, ""
+    objective = next((r["iama/objective"] for r in reversed(rows) if r.get("iama/objective")), "")
+    return int(float(rows[-1]["step"])), objective
+
+
+def _error_line(log: Path) -> str:
+    lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    errors = [x.removeprefix("iama: error: ") for x in lines if x.startswith("iama: error: ")]
+    return (errors or lines or ["no output"])[-1]
+
+
+def train_side_by_side(jobs: dict, threads: int, progress=True) -> dict[str, Path]:
+    """Train each job ({label: (train CLI args, TrainConfig)}) in its own process with `threads` threads, all at
+    once; returns {label: OUTPUT/final}. Output goes to OUTPUT.log; one progress bar per run."""
+    from tqdm.auto import tqdm
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    procs, bars = {}, {}
+    print(f"== training {', '.join(jobs)} side by side, {threads} thread(s) each; output in "
+          f"{', '.join(str(Path(cfg.output_dir)) + '.log' for _, cfg in jobs.values())} ==", flush=True)
+    try:
+        for i, (label, (args, cfg)) in enumerate(jobs.items()):
+            log = Path(str(cfg.output_dir) + ".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as f:
+                procs[label] = (subprocess.Popen([sys.executable, "-m", "iama.cli", "train", *args], env=env,
+                                                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), log)
+            bars[label] = tqdm(total=cfg.max_steps, desc=f"training {label}", unit="step", position=i,
+                               disable=not progress, dynamic_ncols=True)
+        while True:
+            codes = [p.poll() for p, _ in procs.values()]
+            for label, bar in bars.items():
+                step, objective = _steps_done(jobs[label][1].output_dir)
+                if objective:
+                    bar.set_postfix_str(f"objective {float(objective):.4f}", refresh=False)
+                bar.update(step - bar.n)
+            # a run that fails stops the others (they resume from their checkpoints next time)
+            if None not in codes or any(code not in (None, 0) for code in codes):
+                break
+            time.sleep(2)
+    finally:
+        for p, _ in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+        for bar in bars.values():
+            bar.close()
+    for label, (p, log) in procs.items():
+        if p.returncode != 0:
+            raise RuntimeError(f"training {label} stopped: {_error_line(log)} (its output: {log})")
+    return {label: Path(cfg.output_dir) / "final" for label, (_, cfg) in jobs.items()}
+
+
 def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=None, eval_prompts=64, m=8,
-             progress=True) -> dict:
+             progress=True, parallel=None) -> dict:
+    """`parallel`: train both runs side by side (default: on a CPU with two or more cores)."""
+    import torch
+
     from .config import load_config
     from .evaluate import evaluate
     from .report import effective_statements
-    from .trainer import train
+    from .trainer import completed, train
 
     out, configs = Path(out), Path(configs or CONFIGS)
+    if configs.resolve().is_relative_to(Path.cwd().resolve()):  # the report names it, without this machine's path
+        configs = configs.resolve().relative_to(Path.cwd().resolve())
     overrides = [f"model={model}"] if model else []
     overrides += [f"max_steps={steps}"] if steps else []
     overrides += [f"seed={seed}"] if seed is not None else []
-    runs = {}
+    jobs = {}
     for label, name in [("grpo", "length-baseline.yaml"), ("iama", "length.yaml")]:
-        cfg = load_config(configs / name, [*overrides, f"output_dir={out / 'runs' / label}"])
-        print(f"== training {label}: {configs / name} ==", flush=True)
-        runs[label] = train(cfg)
+        args = [str(configs / name), *overrides, f"output_dir={out / 'runs' / label}"]
+        jobs[label] = (args, load_config(args[0], args[1:]))
+    runs = {label: completed(cfg) for label, (_, cfg) in jobs.items()}
+    todo = {label: job for label, job in jobs.items() if runs[label] is None}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if parallel is None:
+        parallel = cores >= 2 and not torch.cuda.is_available()
+    if parallel and len(todo) > 1:
+        runs.update(train_side_by_side(todo, threads=max(1, cores // len(todo)), progress=progress))
+    for label, (args, cfg) in todo.items():
+        if runs[label] is None:
+            print(f"== training {label}: {args[0]} ==", flush=True)
+            runs[label] = train(cfg)
+    cfg = jobs["iama"][1]
     trained_on = cfg.max_prompts or 0
     print(f"== evaluating on {eval_prompts} held-out prompts, M = {m} samples each ==", flush=True)
     report = evaluate(

@@ -279,19 +279,30 @@ def build_trainer(cfg: TrainConfig, callbacks=()):
     return trainer, tokenizer
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train the policy of `cfg` and return OUTPUT/final. Resumes from the last complete checkpoint."""
+def completed(cfg: TrainConfig) -> Path | None:
+    """OUTPUT/final when the run of `cfg` has finished, else None; a run of other settings in OUTPUT is an error."""
     validate(cfg)
     out = Path(cfg.output_dir)
     final = out / "final"
-    if cfg.resume and ((final / "iama_config.yaml").is_file() or last_checkpoint(out)):
+    if not cfg.resume:
+        return None
+    if (final / "iama_config.yaml").is_file() or last_checkpoint(out):
         changed = changed_settings(out, cfg)
         if changed:
             raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)} differ); set "
                               "resume=false to train it again, or use another output_dir")
-    if cfg.resume and (final / "iama_config.yaml").is_file():
+    if (final / "iama_config.yaml").is_file():
         print(f"{final} exists: the run is complete (set resume=false or another output_dir to train again)")
         return final
+    return None
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train the policy of `cfg` and return OUTPUT/final. Resumes from the last complete checkpoint."""
+    done = completed(cfg)
+    if done:
+        return done
+    out, final = Path(cfg.output_dir), Path(cfg.output_dir) / "final"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     trainer, tokenizer = build_trainer(cfg, callbacks=[CSVLogger(out / "metrics.csv")])
