@@ -119,8 +119,8 @@ def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=N
         parallel = cores >= 2 and not torch.cuda.is_available()
     if parallel and len(todo) > 1:
         runs.update(train_side_by_side(todo, threads=max(1, cores // len(todo)), progress=progress))
-    for label, (args, cfg) in todo.items():
-        if runs[label] is None:
+    else:
+        for label, (args, cfg) in todo.items():
             print(f"== training {label}: {args[0]} ==", flush=True)
             runs[label] = train(cfg)
     cfg = jobs["iama"][1]
