@@ -16,6 +16,7 @@ Four experiments, each writing NAME.png and NAME.json into an output directory:
   estimators   bias and variance of the plugin and unbiased first-variation estimates and of the policy
                gradient under each baseline, against the group size M
   gap          descent on the IAMA objective beats descent on the mean reward, measured by the IAMA objective
+  beyond       the plugin estimator's bias when N exceeds the group size M (N = 2M, 4M) on a few reward laws
 """
 
 from __future__ import annotations
@@ -602,7 +603,86 @@ def run_gap(out_dir, quick=False) -> dict:
     return _write(out_dir, "gap", fig, result)
 
 
-EXPERIMENTS = {"toy": run_toy, "convergence": run_convergence, "estimators": run_estimators, "gap": run_gap}
+# ---------------------------------------------------------------------------------------------------------------
+# 5. beyond the group: the plugin estimator for N > M
+
+
+def plugin_value_expectation(pi, r, n, m) -> float:
+    """E over groups of m of the plugin best-of-n value sum_v v (C^(v)^n - C^(v-)^n), exactly: m C^(v) is
+    Binomial(m, C(v)) at every reward v, so E C^(v)^n is a binomial moment. Needs distinct rewards."""
+    order = np.argsort(r)
+    vs, cs = np.asarray(r, dtype=np.float64)[order], np.minimum(np.cumsum(np.asarray(pi)[order]), 1.0)
+    b = np.arange(m + 1)
+    moments = binom.pmf(b[None, :], m, cs[:, None]) @ ((b / m) ** n)
+    return float(vs @ np.diff(np.concatenate([[0.0], moments])))
+
+
+def beyond_laws() -> dict:
+    """Finite reward laws (rewards, probabilities) from easy to hard for an estimate that extrapolates the top."""
+    k = 10
+    tail = 0.6 ** np.arange(20)
+    return {
+        "uniform (K=10)": (np.linspace(0, 1, k), np.full(k, 1 / k)),
+        "skewed low (K=6)": (np.array([0.0, 0.2, 0.35, 0.5, 0.7, 1.0]), np.array([0.3, 0.25, 0.2, 0.12, 0.08, 0.05])),
+        "geometric tail (K=20)": (np.linspace(0, 1, 20), tail / tail.sum()),
+        "pass/fail, p=0.1": (np.array([0.0, 1.0]), np.array([0.9, 0.1])),
+    }
+
+
+def run_beyond(out_dir, quick=False) -> dict:
+    """How biased is the plugin (the empirical CDF to the N-th power) when N exceeds the group size M? For each
+    law: the relative bias of its value, (E[plugin] - R) / (R - E r), R = E[max of N], and how well the expected
+    plugin policy gradient of a softmax policy points along the exact one (cosine; and its length ratio)."""
+    t0 = time.time()
+    ms = [4, 8] if quick else [4, 8, 16, 32]
+    factors = [1, 2, 4]  # N = M, 2M, 4M
+    rows = []
+    for law, (r, pi) in beyond_laws().items():
+        for m in ms:
+            for f in factors:
+                n = f * m
+                alg = BestOfN(n)
+                true_value, mean = alg.value(pi, r), float(pi @ r)
+                fv = alg.first_variation(pi, r)
+                g = pi * (fv - pi @ fv)  # exact grad_theta R_N for pi = softmax(theta)
+                s = plugin_expectation(pi, r, n, m)  # E[plugin s | y]
+                gp = pi * (s - pi @ s)
+                rows.append({
+                    "law": law, "M": m, "N": n, "N_over_M": f, "value": true_value,
+                    "plugin_value": plugin_value_expectation(pi, r, n, m),
+                    "relative_value_bias": (plugin_value_expectation(pi, r, n, m) - true_value) / (true_value - mean),
+                    "gradient_cosine": float(gp @ g / (np.linalg.norm(gp) * np.linalg.norm(g))),
+                    "gradient_length_ratio": float(np.linalg.norm(gp) / np.linalg.norm(g)),
+                })
+
+    fig, ax = _figure(1, 2, width=5.4, height=4.2)
+    colors = dict(zip(beyond_laws(), ["tab:blue", "tab:green", "tab:orange", "tab:red"]))
+    markers = dict(zip([4, 8, 16, 32], ["o", "s", "^", "D"]))
+    for law in beyond_laws():
+        for m in ms:
+            pts = [row for row in rows if row["law"] == law and row["M"] == m]
+            x = [row["N_over_M"] for row in pts]
+            kw = dict(color=colors[law], marker=markers[m], label=f"{law}, M={m}")
+            ax[0].plot(x, [row["relative_value_bias"] for row in pts], "-", **kw)
+            ax[1].plot(x, [row["gradient_length_ratio"] for row in pts], "-", **kw)
+    ax[0].axhline(0, color="k", lw=0.8)
+    ax[0].set(title="plugin value: (E[estimate] - R_N) / (R_N - E r)", xlabel="N / M", ylabel="relative bias",
+              xscale="log", xticks=factors, xticklabels=[str(f) for f in factors])
+    ax[1].axhline(1, color="k", lw=0.8)
+    ax[1].set(title="plugin policy gradient: |E ĝ| / |g| (softmax policy)", xlabel="N / M", ylabel="length ratio",
+              xscale="log", xticks=factors, xticklabels=[str(f) for f in factors])
+    ax[0].legend(fontsize=6, ncol=2)
+    fig.suptitle("The plugin estimator beyond the group: exact expectations over groups of M (binomial moments)")
+    result = {"experiment": "beyond", "quick": quick, "group_sizes": ms, "n_over_m": factors,
+              "laws": {k: {"rewards": r, "pi": p} for k, (r, p) in beyond_laws().items()}, "rows": rows,
+              "notes": "relative_value_bias < 0: the plugin under-estimates best-of-N's gain over sampling. "
+                       "gradient_cosine: direction of the expected plugin policy gradient against the exact one.",
+              "seconds": time.time() - t0}
+    return _write(out_dir, "beyond", fig, result)
+
+
+EXPERIMENTS = {"toy": run_toy, "convergence": run_convergence, "estimators": run_estimators, "gap": run_gap,
+               "beyond": run_beyond}
 
 
 def _summary(result) -> str:
@@ -618,6 +698,10 @@ def _summary(result) -> str:
         text = (f"plugin bias slope {fv['bon:4/plugin']['bias_slope_exact']:.2f}, variance slopes "
                 f"{fv['bon:4/plugin']['variance_slope']:.2f} (plugin) {fv['bon:4/unbiased']['variance_slope']:.2f} "
                 f"(unbiased); group_mean shrink at M=N {pg['group_mean']['shrink'][0]:.2f}")
+    elif name == "beyond":
+        worst = min(result["rows"], key=lambda row: row["relative_value_bias"])
+        text = (f"largest plugin value bias {worst['relative_value_bias']:+.2f} of the gain ({worst['law']}, "
+                f"M={worst['M']}, N={worst['N']})")
     else:
         text = f"IAMA objective gap {result['gap_exact']:.4f} (exact), {result['gap_estimated']:.4f} (estimated)"
     return f"{name}: {text} [{result['seconds']:.0f} s] -> {result['figure']}, {result['data']}"

@@ -20,6 +20,8 @@ from .algorithms import Algorithm, Sampling, Tilted, _to_numpy, parse_algorithm
 AGGREGATORS = ("sum", "min", "smoothmin")
 BASELINES = ("loo", "group_mean", "none")
 SCALES = ("none", "group", "batch")
+# An advantage this small relative to the first-variation estimates it came from is floating-point noise.
+RELATIVE_ZERO = 1e-10
 
 
 @dataclass
@@ -62,7 +64,8 @@ class Objective:
     estimator: 'unbiased' (U-statistics; leave-one-out for Tilted) or 'plugin' (the IAMA paper's).
     baseline:  'loo' (from the other samples only: the gradient stays unbiased and N = M still learns),
                'group_mean' (GRPO's), or 'none'.
-    scale_rewards: 'none', 'group' or 'batch': divide advantages by the std of s (as TRL's GRPO does).
+    scale_rewards: 'none', 'group' or 'batch': divide advantages by their root mean square in the group (or
+               batch); for `sampling` criteria that is GRPO's division by the std of the rewards.
     """
 
     def __init__(self, criteria, aggregator="sum", gamma=1.0, estimator="unbiased", baseline="loo",
@@ -176,7 +179,9 @@ class Objective:
         fv = s @ c
         adv = (s - b) @ c
         adv = np.where(valid, adv, 0.0)
-        adv = self._scale(adv, np.where(valid, fv, np.nan))
+        # the size of the numbers the advantages were differenced from: below RELATIVE_ZERO of it is rounding noise
+        size = np.maximum(np.maximum(np.abs(fv), np.abs(b @ c)), np.abs(np.nan_to_num(r)) @ np.abs(c))
+        adv = self._scale(adv, size, valid)
         return Estimates(
             advantages=back(adv.reshape(lead + (mm,))),
             first_variation=fv.reshape(lead + (mm,)),
@@ -189,17 +194,21 @@ class Objective:
             skipped_groups=int((~valid.any(-1) & bad.any(-1)).sum()),
         )
 
-    def _scale(self, adv, fv):
-        """Divide by the std of the first-variation estimates (Bessel-corrected, + 1e-4), as TRL's GRPO does
-        with rewards: for all-Sampling criteria with the group_mean baseline this *is* TRL's advantage."""
+    def _scale(self, adv, size, valid):
+        """Divide each group's advantages by their root mean square (M - 1 in the denominator), the whole batch's
+        with 'batch'. For `sampling` criteria this is GRPO's (r - mean) / std(r) exactly, with either baseline;
+        for every algorithm and N it keeps |A_j| <= sqrt(M - 1), is invariant to a*r + b (a > 0) wherever the
+        algorithm is, and gives 0 to a group whose advantages vanish. (Dividing by the std of the first-variation
+        estimates instead blows up as N nears M: their spread goes to 0 while the advantages' does not.)"""
         if self.scale_rewards == "none":
             return adv
+        axis = -1 if self.scale_rewards == "group" else None
+        count = valid.sum(axis=axis, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
-            if self.scale_rewards == "group":
-                std = np.nanstd(fv, axis=-1, ddof=1, keepdims=True)
-            else:
-                std = np.nanstd(fv, ddof=1)
-        return adv / (np.nan_to_num(std, nan=0.0) + 1e-4)
+            rms = np.sqrt(np.sum(adv**2, axis=axis, keepdims=True) / (count - 1))
+        size = np.max(np.where(valid, size, 0.0), axis=axis, keepdims=True)
+        flat = ~(rms > RELATIVE_ZERO * size) | (count < 2)
+        return np.where(flat, 0.0, adv / np.where(flat, 1.0, rms))
 
     def describe(self) -> str:
         parts = [f"{c.weight:g}*{c.name}[{c.algorithm.spec}]" for c in self.criteria]

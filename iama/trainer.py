@@ -115,6 +115,7 @@ class IAMATrainer(GRPOTrainer):
         metrics["iama/objective"].append(est.objective)
         metrics["iama/dropped_samples"].append(float(est.dropped))
         metrics["iama/advantage_abs"].append(float(advantages.abs().mean()))
+        metrics["iama/advantage_abs_max"].append(float(advantages.abs().max()))  # <= sqrt(M - 1) under 'group'
         metrics["beta"].append(float(self.beta))
         return out
 

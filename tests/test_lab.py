@@ -163,7 +163,7 @@ def test_estimated_descent_approaches_the_exact_one():
     assert est.J[-1] <= exact.J[-1] + 1e-9
 
 
-@pytest.mark.parametrize("experiment", ["toy", "convergence", "estimators", "gap"])
+@pytest.mark.parametrize("experiment", ["toy", "convergence", "estimators", "gap", "beyond"])
 def test_run_lab_quick_writes_a_png_and_json(experiment, tmp_path):
     result = run_lab(experiment, tmp_path, quick=True)
     png, data = tmp_path / f"{experiment}.png", tmp_path / f"{experiment}.json"
@@ -180,9 +180,31 @@ def test_run_lab_quick_writes_a_png_and_json(experiment, tmp_path):
         assert saved["policy_gradient"]["group_mean"]["shrink"][0] == 0.0  # M = N: nothing is learned
     if experiment == "gap":
         assert saved["gap_exact"] > 0.05 and saved["gap_estimated"] > 0
+    if experiment == "beyond":  # biased low, more so as N / M grows on the geometric tail
+        rows = [row for row in saved["rows"] if row["law"].startswith("geometric") and row["M"] == 8]
+        assert all(row["relative_value_bias"] < 0 for row in saved["rows"])
+        assert [row["N_over_M"] for row in rows] == [1, 2, 4]
+        assert rows[0]["relative_value_bias"] > rows[1]["relative_value_bias"] > rows[2]["relative_value_bias"]
     assert result["figure"] == f"{experiment}.png"
 
 
 def test_run_lab_rejects_unknown_experiments(tmp_path):
     with pytest.raises(ValueError, match="unknown experiment"):
         run_lab("nope", tmp_path)
+
+
+def test_plugin_value_expectation_matches_enumeration_beyond_the_group():
+    """E over all groups of m (enumerated with their multinomial probabilities) of the plugin best-of-n value,
+    for n > m, against the binomial-moment formula."""
+    from itertools import product
+
+    from iama.lab import plugin_value_expectation
+
+    r, pi = np.array([0.1, 0.4, 0.5, 1.0]), np.array([0.4, 0.3, 0.2, 0.1])
+    for n, m in [(6, 3), (12, 3), (3, 3), (2, 4)]:
+        total = 0.0
+        for idx in product(range(len(r)), repeat=m):
+            g = np.sort(r[list(idx)])
+            c = np.arange(1, m + 1) / m
+            total += np.prod(pi[list(idx)]) * np.sum(g * (c**n - (c - 1 / m) ** n))
+        assert plugin_value_expectation(pi, r, n, m) == pytest.approx(total, rel=1e-12)

@@ -24,9 +24,10 @@ def test_all_sampling_with_group_mean_is_grpo():
     out = obj(r)
     torch.testing.assert_close(out.advantages, centred, atol=1e-6, rtol=0)
     scaled = Objective(obj.criteria, baseline="group_mean", scale_rewards="group")(r).advantages
-    torch.testing.assert_close(scaled, centred / (weighted.std(1, keepdim=True) + 1e-4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scaled, centred / weighted.std(1, keepdim=True), atol=1e-5, rtol=1e-5)
     batch = Objective(obj.criteria, baseline="group_mean", scale_rewards="batch")(r).advantages
-    torch.testing.assert_close(batch, centred / (weighted.std() + 1e-4), atol=1e-5, rtol=0)
+    pooled = (centred.square().sum() / (centred.numel() - 1)).sqrt()  # the within-group spread, pooled
+    torch.testing.assert_close(batch, centred / pooled, atol=1e-5, rtol=1e-5)
 
 
 def test_n_equal_m_still_learns_with_loo_but_not_with_group_mean():
@@ -175,3 +176,118 @@ def test_bad_criteria_and_inputs():
     with pytest.raises(ValueError, match="at least N=4"):
         obj(np.zeros((3, 2, 1)))
     assert Objective([Criterion("a", "bon:4")], estimator="plugin").min_group_size() == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scale_rewards: the group's advantages divided by their root mean square (M - 1 in the denominator)
+
+
+def _groups(rng, g, m, criteria, kind):
+    if kind == "normal":
+        return rng.normal(size=(g, m, criteria))
+    if kind == "ties":  # few distinct values: tied maxima, tied seconds, 0/1 rewards
+        return rng.integers(0, 3, size=(g, m, criteria)).astype(float)
+    return np.broadcast_to(rng.normal(size=(g, 1, criteria)), (g, m, criteria)).copy()  # constant groups
+
+
+def _specs(m):
+    for n in range(1, m + 1):
+        yield from (f"bon:{n}", f"won:{n}", f"soft_bon:{n}:0.5")
+    yield from ("tilted:0.1", "tilted:2")
+
+
+@pytest.mark.parametrize("m", [4, 7])
+@pytest.mark.parametrize("baseline", ["loo", "group_mean", "none"])
+def test_group_scaling_keeps_every_advantage_within_sqrt_m_minus_1(m, baseline):
+    """For every algorithm and N <= M, one and two criteria, ties and constant groups: |A| <= sqrt(M - 1), and a
+    constant group gets exactly 0 under a baseline. (Dividing by the std of the first-variation estimates reached 10^4 at N = M.)"""
+    rng = np.random.default_rng(m)
+    bound = np.sqrt(m - 1) * (1 + 1e-9)
+    for spec in _specs(m):
+        for criteria in ([Criterion("a", spec)], [Criterion("a", spec, 0.3), Criterion("b", "bon:2", 0.7)]):
+            obj = Objective(criteria, baseline=baseline, scale_rewards="group")
+            for kind in ("normal", "ties", "constant"):
+                adv = obj(_groups(rng, 30, m, len(criteria), kind)).advantages
+                assert np.all(np.isfinite(adv)), (spec, kind)
+                assert np.abs(adv).max() <= bound, (spec, kind, np.abs(adv).max())
+                if kind == "constant" and baseline != "none":  # 'none' keeps the common part on purpose
+                    assert np.all(adv == 0), (spec, baseline)
+
+
+def test_group_scaling_reaches_its_bound_and_is_not_a_sign_function():
+    """The bound is tight (N = M: only the top sample moves), and for N < M the shape of the advantages is kept."""
+    r = np.array([[[0.0], [1.0], [3.0], [2.0]]])
+    np.testing.assert_allclose(Objective([Criterion("x", "bon:4")], scale_rewards="group")(r).advantages,
+                               [[0, 0, np.sqrt(3), 0]])
+    raw = Objective([Criterion("x", "bon:2")])(r).advantages
+    scaled = Objective([Criterion("x", "bon:2")], scale_rewards="group")(r).advantages
+    np.testing.assert_allclose(scaled, raw / np.sqrt((raw**2).sum() / 3))
+
+
+@pytest.mark.parametrize("aggregator", ["sum", "min"])
+@pytest.mark.parametrize("spec", ["sampling", "bon:3", "won:5", "bon:6"])
+def test_group_scaling_is_invariant_to_an_affine_change_of_the_rewards(spec, aggregator):
+    rng = np.random.default_rng(1)
+    obj = Objective([Criterion("a", spec, 0.4), Criterion("b", "bon:2", 0.6)], aggregator=aggregator,
+                    scale_rewards="group")
+    r = rng.normal(size=(20, 6, 2))
+    r[:5, :, 1] = 0.5  # a criterion constant within some groups
+    np.testing.assert_allclose(obj(3.7 * r - 11.0).advantages, obj(r).advantages, atol=1e-8)
+
+
+@pytest.mark.parametrize("spec", ["soft_bon:3:0.5", "tilted:0.5"])
+def test_group_scaling_of_temperature_algorithms_is_invariant_to_a_shift(spec):
+    """Soft best-of-N and tilting select by r / tau, so only a shift leaves them unchanged (a scale moves tau)."""
+    rng = np.random.default_rng(2)
+    obj = Objective([Criterion("a", spec), Criterion("b", "bon:2")], aggregator="smoothmin", scale_rewards="group")
+    r = rng.normal(size=(20, 6, 2))
+    np.testing.assert_allclose(obj(r + 5.0).advantages, obj(r).advantages, atol=1e-8)
+
+
+@pytest.mark.parametrize("baseline", ["loo", "group_mean"])
+def test_group_scaling_of_sampling_is_grpo_standardisation(baseline):
+    r = np.random.default_rng(3).normal(size=(10, 8, 1))
+    adv = Objective([Criterion("a")], baseline=baseline, scale_rewards="group")(r).advantages
+    x = r[..., 0]
+    np.testing.assert_allclose(adv, (x - x.mean(1, keepdims=True)) / x.std(1, ddof=1, keepdims=True), atol=1e-12)
+
+
+def verl_grpo_passk(scores, norm_adv_by_std_in_grpo, epsilon=1e-6):
+    """verl's `grpo_passk` advantage (Tang et al., arXiv 2503.19595) for groups (G, M): the best response gets
+    r_max - r_second_max, divided by torch.std(group) + epsilon with norm_adv_by_std_in_grpo; the rest 0."""
+    out = np.zeros_like(scores)
+    for g, r in enumerate(scores):
+        top, second = np.argsort(r)[::-1][:2]
+        a = r[top] - r[second]
+        out[g, top] = a / (r.std(ddof=1) + epsilon) if norm_adv_by_std_in_grpo else a
+    return out
+
+
+def test_bon_m_without_scaling_is_m_times_verl_grpo_passk_without_std():
+    r = np.random.default_rng(4).normal(size=(50, 8))
+    adv = Objective([Criterion("a", "bon:8")], scale_rewards="none")(r[..., None]).advantages
+    np.testing.assert_allclose(adv, 8 * verl_grpo_passk(r, False), atol=1e-12)
+
+
+def test_bon_m_group_scaling_is_verl_grpo_passk_with_std_at_magnitude_sqrt_m_minus_1():
+    """Same support and sign as verl's normalised grpo_passk, magnitude sqrt(M - 1); on 0/1 rewards with one
+    success that is sqrt((M - 1) / M) times verl's (whose std is then 1 / sqrt(M)); tied tops give 0 in both."""
+    rng = np.random.default_rng(5)
+    m = 8
+    r = rng.normal(size=(50, m))
+    adv = Objective([Criterion("a", f"bon:{m}")], scale_rewards="group")(r[..., None]).advantages
+    np.testing.assert_allclose(adv, np.sqrt(m - 1) * np.sign(verl_grpo_passk(r, True)), atol=1e-12)
+    binary = np.zeros((m, m))
+    binary[np.arange(m), np.arange(m)] = 1.0  # group g: one success, at position g
+    binary = np.concatenate([binary, np.ones((1, m)), np.eye(m)[:2].sum(0, keepdims=True)])  # all and two succeed
+    adv = Objective([Criterion("a", f"bon:{m}")], scale_rewards="group")(binary[..., None]).advantages
+    np.testing.assert_allclose(adv, np.sqrt((m - 1) / m) * verl_grpo_passk(binary, True), atol=1e-5)
+    assert np.all(adv[m:] == 0)
+
+
+def test_group_scaling_with_dropped_samples_uses_the_samples_left():
+    r = np.random.default_rng(6).normal(size=(3, 6, 1))
+    r[0, 2, 0] = np.nan
+    adv = Objective([Criterion("a", "bon:3")], scale_rewards="group")(r).advantages
+    assert adv[0, 2] == 0 and np.all(np.isfinite(adv))
+    assert np.sqrt((adv[0] ** 2).sum() / 4) == pytest.approx(1.0)  # 5 samples left: M - 1 = 4

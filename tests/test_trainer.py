@@ -56,7 +56,11 @@ def test_sampling_with_group_mean_equals_trl_advantages(tmp_path):
     out = GRPOTrainer._generate_and_score_completions(trainer, one_batch(trainer))  # TRL's own advantages
     ours = trainer.iama_estimates(trainer._gathered_rewards, cfg.num_generations).advantages.reshape(-1)
     assert out["advantages"].abs().max() > 0.1
-    torch.testing.assert_close(ours.to(out["advantages"]), out["advantages"], atol=1e-5, rtol=1e-5)
+    # TRL divides by std + 1e-4, iama by std alone
+    weighted = trainer._gathered_rewards @ torch.tensor([c["weight"] for c in cfg.criteria])
+    std = weighted.view(-1, cfg.num_generations).std(1, keepdim=True).expand(-1, cfg.num_generations).reshape(-1)
+    torch.testing.assert_close((ours * std / (std + 1e-4)).to(out["advantages"]), out["advantages"],
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_n_equal_m_objective_still_learns(tmp_path):
@@ -162,6 +166,7 @@ def test_lora_is_merged_into_final(tmp_path):
     ("model=no/such-model-here", "not found"),
     ("frobnicate=1", "unknown config key"),
     ("aggregator=max", "unknown aggregator"),
+    ("scale_rewards=std", "unknown scale_rewards"),
     ("learning_rate=fast", "GRPOConfig field learning_rate must be a float"),
     ("max_steps=ten", "max_steps must be a int"),
     ("per_device_train_batch_size=12", "GRPOConfig refused"),
@@ -263,3 +268,29 @@ def test_config_passes_trl_fields_through(tmp_path):
     assert isinstance(args, GRPOConfig) and args.learning_rate == 1e-3 and args.num_generations == 8
     with pytest.raises(ConfigError, match="top level"):
         tiny_cfg(tmp_path, "trl.beta=0.1")
+
+
+def test_default_scaling_trains_best_of_m_like_grpo(tmp_path):
+    """Pass@k's k = n case (bon:M) and bon:M/2 under the default scale_rewards=group: finite loss, grad norms of
+    GRPO's order in the same run, the best-of-N objective rising, and |A| <= sqrt(M - 1) in the logged metric.
+    One criterion (short answers: most of the random model's answers run to the cap) so there is room to rise."""
+    runs = {"bon8": ["criteria.0.algorithm=bon:8"], "bon4": ["criteria.0.algorithm=bon:4"],
+            "grpo": ["criteria.0.algorithm=sampling", "baseline=group_mean"]}
+    logs = {}
+    for label, overrides in runs.items():
+        cfg = tiny_cfg(tmp_path, "max_steps=24", "criteria.0.reward=length:2:32", "criteria.1.weight=0",
+                       f"output_dir={tmp_path / label}", "report_to=none", "disable_tqdm=true", *overrides)
+        assert cfg.scale_rewards == "group"
+        from iama.trainer import train
+
+        train(cfg)
+        with open(tmp_path / label / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("loss")]
+        logs[label] = {k: np.array([float(r[k]) for r in rows])
+                       for k in ("loss", "grad_norm", "iama/objective", "iama/advantage_abs_max")}
+    for label, log in logs.items():
+        assert len(log["loss"]) == 24 and np.all(np.isfinite(log["loss"])), label
+        assert np.all(log["iama/advantage_abs_max"] <= np.sqrt(7) + 1e-5), label
+        assert 0.05 < log["grad_norm"].mean() / logs["grpo"]["grad_norm"].mean() < 20, label
+        objective = log["iama/objective"]
+        assert objective[-8:].mean() > objective[:8].mean(), label

@@ -381,6 +381,33 @@ def test_dispatcher_matches_objective_with_scaling(scale, dtype, base_algorithm)
 
 
 @in_verl_env
+@pytest.mark.parametrize("norm", [False, True])
+def test_bon_m_on_verl_against_verls_own_grpo_passk(norm, base_algorithm):
+    """Pass@k's k = n case on verl, against verl's grpo_passk in the same batch. norm_adv_by_std_in_grpo off:
+    iama's bon:M (scaling 'none') is exactly M times verl's; on (iama's default 'group'): the same support and
+    sign, at magnitude sqrt(M - 1), so no advantage exceeds it (ties and 0/1 groups included)."""
+    from verl.trainer.ppo.core_algos import compute_grpo_passk_outcome_advantage
+
+    rng = np.random.default_rng(11)
+    m = 8
+    groups = _groups(rng, [m] * 6)
+    groups[1][:, 0] = np.eye(m)[3]  # one success
+    groups[2][:, 0] = 1.0  # all succeed: no signal
+    config = copy.deepcopy(base_algorithm)
+    config.update({"adv_estimator": "iama_bon", "iama_n": m, "norm_adv_by_std_in_grpo": norm})
+    data, rows, mask, _ = _batch(groups, rng, shuffle=True, dtype="float64")
+    ours = compute_advantage(data, adv_estimator="iama_bon", config=config).batch["advantages"].numpy()
+    verls, _ = compute_grpo_passk_outcome_advantage(data.batch["token_level_rewards"], data.batch["response_mask"],
+                                                     data.non_tensor_batch["uid"], config=config)
+    verls = verls.numpy()
+    if norm:
+        np.testing.assert_allclose(ours, np.sqrt(m - 1) * np.sign(verls) * mask, atol=1e-9)
+        assert np.abs(ours).max() <= np.sqrt(m - 1) + 1e-9
+    else:
+        np.testing.assert_allclose(ours, m * verls, atol=1e-9)
+
+
+@in_verl_env
 def test_groups_of_different_sizes(base_algorithm):
     """Groups of unequal size (dropped or failed rollouts) are estimated each from its own samples; a group too
     small for the leave-one-out baseline gets advantage 0, as in the objective."""
