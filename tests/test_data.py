@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -129,3 +130,21 @@ def test_prompt_files_keep_unicode_line_separators(tmp_path):
     assert load_prompts(str(tmp_path / "p.txt")) == [odd, "plain"]
     (tmp_path / "p.csv").write_text(f'prompt\n"{odd}"\nplain\n', encoding="utf-8")
     assert load_prompts(str(tmp_path / "p.csv")) == [odd, "plain"]
+
+
+def test_grim_prompt_set_has_a_fixed_split():
+    """builtin:grim, sombre subjects for the on-topic vs upbeat sweep: the first 160 prompts are for training
+    (`max_prompts: 160`), the last 60 held out (`iama eval --offset 160 --limit 60`), as the "split" field says."""
+    from iama.decode import collect_prompts
+
+    prompts = load_prompts("builtin:grim")
+    rows = [json.loads(line) for line in builtin_path("grim").read_text(encoding="utf-8").splitlines()]
+    assert len(prompts) == len(rows) == 220 and prompts == [row["prompt"] for row in rows]
+    assert len({" ".join(re.findall(r"\w+", p.lower())) for p in prompts}) == len(prompts)  # no duplicates
+    assert all(set(row) == {"prompt", "category", "split"} for row in rows)
+    assert [row["split"] for row in rows] == ["train"] * 160 + ["test"] * 60
+    train = load_prompts("builtin:grim", limit=160)
+    held_out = collect_prompts(source="builtin:grim", offset=160, limit=60)
+    assert len(held_out) == 60 and not set(train) & set(held_out) and train + held_out == prompts
+    assert {row["category"] for row in rows[160:]} == {row["category"] for row in rows}  # every subject held out
+    assert not set(prompts) & (set(load_prompts("builtin")) | set(load_prompts("builtin:questions")))

