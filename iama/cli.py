@@ -1,4 +1,4 @@
-"""`iama <verb>`: train, eval, decode, calibrate, ctrl-plan, lab, demo.
+"""`iama <verb>`: train, eval, decode, calibrate, ctrl-plan, lab, demo, sweep.
 
 Bad input ends with one line `iama: error: ...` and exit code 2 (set IAMA_DEBUG=1 for the traceback)."""
 
@@ -85,6 +85,16 @@ def _demo(a):
     from .demo import run_demo
 
     run_demo(a.out, configs=a.configs, model=a.model, steps=a.steps, seed=a.seed, eval_prompts=a.eval_prompts, m=a.m)
+
+
+def _sweep(a):
+    import shlex
+
+    from .sweep import run_sweep
+
+    run_sweep(a.config, a.overrides, weights=a.weights, methods=a.methods, jobs=a.jobs, out=a.out, model=a.model,
+              steps=a.steps, eval_prompts=a.eval_prompts, m=a.m, bootstrap=a.bootstrap, progress=not a.quiet,
+              command="iama " + shlex.join(a.argv))
 
 
 def _lab(args):
@@ -176,11 +186,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts to evaluate on")
     p.add_argument("-M", "--m", type=int, default=8, help="samples per prompt in the evaluation pools")
     p.set_defaults(run=_demo)
+
+    p = sub.add_parser("sweep", help="the IAMA paper's main experiment: GRPO and IAMA over a grid of criterion "
+                       "weights, Pareto fronts and hypervolumes at N = 1, 2, 4, 8")
+    p.add_argument("config", help="YAML config with two or more criteria: `iama` trains it as written")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any key of the config")
+    p.add_argument("--weights", default=None, help="two criteria: the first one's weights, e.g. 0.1,0.3,0.5,0.7,0.9 "
+                   "(the default); more: points of the simplex, e.g. 0.2:0.3:0.5,... (default: a grid)")
+    p.add_argument("--methods", default=None, help="iama,grpo (the default); grpo is the config with sampling for "
+                   "every criterion and the group_mean baseline")
+    p.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: the CPU cores; 1 on a GPU)")
+    p.add_argument("--out", default="results/sweep")
+    p.add_argument("--model", default=None, help="override the config's model")
+    p.add_argument("--steps", type=int, default=None, help="override the config's max_steps")
+    p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts to evaluate on")
+    p.add_argument("-M", "--m", type=int, default=16, help="samples per prompt in the evaluation pools")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_sweep)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "sweep" and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides += extra  # KEY=VALUE after the sweep's options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the reports' "Made by" line
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

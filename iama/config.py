@@ -4,6 +4,7 @@ any model loads. Keys that are not ours but are fields of TRL's GRPOConfig pass 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ class TrainConfig:
     output_dir: str = "runs/iama"
     resume: bool = True  # continue from the last complete checkpoint in output_dir
     keep_checkpoints: bool = False  # checkpoints serve resuming; once final/ is written they go unless kept
+    # `iama sweep`: the hypervolume's reference point, one value per criterion (default: the untrained model's)
+    sweep_reference: list | None = None
     # anything else for TRL's GRPOConfig (learning_rate, max_completion_length, use_vllm, ...)
     trl: dict = field(default_factory=dict)
 
@@ -191,6 +194,11 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
         raise ConfigError("target_kl needs target_kl > 0 and an initial beta > 0 (the controller scales beta)")
     if cfg.max_steps < 1:
         raise ConfigError(f"max_steps must be >= 1, got {cfg.max_steps}")
+    ref = cfg.sweep_reference
+    if ref is not None and (not isinstance(ref, list) or len(ref) != len(cfg.criteria) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in ref)):
+        raise ConfigError(f"sweep_reference must be a list of {len(cfg.criteria)} numbers (one per criterion), "
+                          f"got {ref!r}")
     if any(c.get("calibrated") for c in cfg.criteria) and not cfg.calibration:
         raise ConfigError("calibrated criteria need `calibration:` (a store written by `iama calibrate`)")
     from .rewards import check_reward
@@ -229,6 +237,12 @@ def build_objective(cfg: TrainConfig):
                          baseline=cfg.baseline, scale_rewards=cfg.scale_rewards)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def grpo_overrides(cfg: TrainConfig) -> list[str]:
+    """KEY=VALUE overrides that make `cfg` its GRPO baseline: the same config with `sampling` for every criterion
+    and GRPO's group-mean baseline (what configs/length-baseline.yaml is to configs/length.yaml)."""
+    return [f"criteria.{i}.algorithm=sampling" for i in range(len(cfg.criteria))] + ["baseline=group_mean"]
 
 
 def to_dict(cfg: TrainConfig) -> dict:

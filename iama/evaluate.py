@@ -29,6 +29,7 @@ from scipy.stats import norm
 
 from .algorithms import BestOfN, Sampling, SoftBestOfN, Tilted, WorstOfN, max_weights, parse_algorithm
 from .decode import _spec_text
+from .fronts import pareto_mask
 from .objective import Criterion, Objective
 
 SCHEMA_VERSION = 1
@@ -191,7 +192,7 @@ def win_rate_estimates(model, reference, family: str, ns=None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# intervals, effective N, Pareto fronts
+# intervals, effective N
 
 
 def mean_ci(per_prompt, confidence: float = 0.95) -> dict:
@@ -246,16 +247,6 @@ def effective_n(curve, target, ns=None, increasing: bool = True) -> np.ndarray:
     x = np.exp(log_lo + np.clip(frac, 0.0, 1.0) * (log_hi - log_lo))
     out = np.where(k == 0, ns[0], x)
     return np.where(any_reached, out, np.inf)
-
-
-def pareto_front(points) -> np.ndarray:
-    """Boolean mask of the non-dominated rows of points (k, m), every column to be maximised: a row is
-    dominated when another is >= on every column and > on one."""
-    x = np.asarray(points, dtype=np.float64)
-    ge = (x[:, None, :] >= x[None, :, :]).all(-1)
-    gt = (x[:, None, :] > x[None, :, :]).any(-1)
-    dominated_by = ge & gt  # [j, i]: j dominates i
-    return ~dominated_by.any(axis=0)
 
 
 def _json_effective(values, m):
@@ -568,7 +559,7 @@ def pareto_fronts(models: dict, names, configured) -> dict:
                 curve = models[k]["values"][name][fam]
                 row.append(curve["mean"][curve["n"].index(n)] if n in curve["n"] else curve["mean"][0])
             points.append(row)
-        mask = pareto_front(points)
+        mask = pareto_mask(points)
         fronts[str(n)] = {"front": [k for k, f in zip(labels, mask) if f],
                           "points": {k: list(map(float, pt)) for k, pt in zip(labels, points)}}
     return {"criteria": list(names), "fronts": fronts}

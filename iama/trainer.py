@@ -186,23 +186,26 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
         raise ConfigError(f"TRL's GRPOConfig refused the config: {str(e).splitlines()[0]}") from None
 
 
-# where and how a run logs and saves: free to change when it resumes
-RESUME_FREE = {"output_dir", "resume", "keep_checkpoints", "trl.report_to", "trl.logging_steps", "trl.logging_dir",
-               "trl.save_steps", "trl.save_total_limit", "trl.disable_tqdm"}
+# where and how a run logs and saves, and what only a report reads: free to change when it resumes
+RESUME_FREE = {"output_dir", "resume", "keep_checkpoints", "sweep_reference", "trl.report_to", "trl.logging_steps",
+               "trl.logging_dir", "trl.save_steps", "trl.save_total_limit", "trl.disable_tqdm"}
 
 
 def changed_settings(output_dir, cfg: TrainConfig) -> list[str]:
     """The settings in which `cfg` differs from the run saved in output_dir/config.yaml (none if there is none),
     so that a resumed or finished run is never silently one of other settings."""
     path = Path(output_dir) / "config.yaml"
-    if not path.is_file():
-        return []
+    return settings_differ(yaml.safe_load(path.read_text()), cfg) if path.is_file() else []
+
+
+def settings_differ(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The keys (trl.KEY for TRL's) in which a saved config dict and `cfg` differ, beyond RESUME_FREE."""
 
     def flat(d):
         d = dict(d or {})
         return {**{k: v for k, v in d.items() if k != "trl"}, **{f"trl.{k}": v for k, v in (d.get("trl") or {}).items()}}
 
-    saved = flat(yaml.safe_load(path.read_text()))
+    saved = flat(saved)
     now = flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))  # the same YAML round trip
     return sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
 

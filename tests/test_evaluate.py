@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from iama.algorithms import SoftBestOfN
-from iama.evaluate import (Pool, cross_estimates, effective_n, estimate, evaluate, family_of, mean_ci,
-                           pareto_front, value_estimates, win_rate_estimates)
+from iama.evaluate import (Pool, cross_estimates, effective_n, estimate, evaluate, family_of, mean_ci, value_estimates,
+                           win_rate_estimates)
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +132,6 @@ def test_effective_n_takes_the_first_crossing_and_handles_decreasing_curves():
     down = -np.log2(np.arange(1, 9, dtype=float))  # worst-of-N: value falls with N
     assert effective_n(down, np.array(-2.0), increasing=False) == pytest.approx(4.0)
     assert math.isinf(effective_n(down, np.array(-3.5), increasing=False))
-
-
-def test_pareto_front():
-    pts = np.array([[1, 1], [2, 0], [0, 2], [0.5, 0.5], [1, 1], [2, -1]], dtype=float)
-    np.testing.assert_array_equal(pareto_front(pts), [True, True, True, False, True, False])
-    assert pareto_front(np.array([[0.0, 0.0]])).tolist() == [True]
 
 
 def test_mean_ci_is_a_normal_interval():

@@ -1,0 +1,425 @@
+"""`iama sweep`: the IAMA paper's main experiment. Over a grid of criterion weights, train GRPO and IAMA at every
+weight, evaluate all of them and the untrained model on held-out prompts from one pool each, and compare the
+methods' Pareto fronts at N = 1, 2, 4, 8 by hypervolume with paired bootstrap intervals.
+
+For two criteria a weight w gives the first criterion w and the second 1 - w; for more, a weight is a point of
+the simplex (W1:W2:...:Wm). `iama` is the config as written with those weights, `grpo` the same config with
+`sampling` for every criterion and GRPO's group-mean baseline. Runs train in DIR/runs/METHOD-wW, a queue of
+--jobs processes at a time (iama.demo.train_side_by_side). DIR/sweep.yaml (the config, then `sweep:` with the
+weights, methods and evaluation settings) makes the sweep resumable: finished runs are kept, interrupted ones
+resume from their last checkpoint, and a DIR of another config is refused. The evaluation (iama.evaluate,
+with KL to the untrained model) writes DIR/eval/; this module reads its pools and writes DIR/report.md,
+DIR/report.json and DIR/fronts.png.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+METHODS = ("iama", "grpo")
+PANEL_NS = (1, 2, 4, 8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the plan: weights, methods, one training config per point
+
+
+def parse_weights(text: str, m: int) -> list[tuple[float, ...]]:
+    """'0.1,0.3' (two criteria: the first one's weight) or '0.2:0.3:0.5,...' (a point of the simplex)."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not any(items):
+        raise ValueError("--weights is empty; write e.g. 0.1,0.3,0.5,0.7,0.9" + ("" if m == 2 else " as W1:...:Wm"))
+    out = {}
+    for t in items:
+        try:
+            parts = [float(x) for x in t.split(":")]
+        except ValueError:
+            form = " or W1:W2" if m == 2 else " list W1:...:Wm"
+            raise ValueError(f"--weights: {t!r} is not a number{form}") from None
+        if not all(0 <= v <= 1 for v in parts):
+            raise ValueError(f"--weights: {t!r} is outside [0, 1]")
+        if len(parts) == 1 and m == 2:
+            parts.append(1 - parts[0])
+        if len(parts) != m:
+            raise ValueError(f"--weights: {t!r} has {len(parts)} weight(s) for {m} criteria; write W1:...:W{m}")
+        if abs(sum(parts) - 1) > 1e-6:
+            raise ValueError(f"--weights: {t!r} sums to {sum(parts):g}, not 1")
+        w = tuple(round(v, 10) for v in parts)
+        if point_label("", w) in out:
+            raise ValueError(f"--weights: {t!r} is given twice")
+        out[point_label("", w)] = w
+    return list(out.values())
+
+
+def default_weights(m: int) -> list[tuple[float, ...]]:
+    """0.1, 0.3, ..., 0.9 for two criteria; for m, the simplex lattice of step 1/(m + 2) with no weight zero."""
+    if m == 2:
+        return [(w, round(1 - w, 10)) for w in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    d = m + 2
+    return [tuple(round(c / d, 10) for c in comp)
+            for comp in itertools.product(range(1, d), repeat=m) if sum(comp) == d]
+
+
+def point_label(method: str, weights) -> str:
+    """'iama-w0.3' (two criteria: the first one's weight), 'grpo-w0.2-0.3-0.5' (more)."""
+    shown = weights[:1] if len(weights) == 2 else weights
+    return f"{method}-w" + "-".join(f"{w:g}" for w in shown)
+
+
+def parse_methods(text) -> list[str]:
+    names = list(dict.fromkeys(t.strip().lower() for t in str(text).split(",") if t.strip()))
+    if not names:
+        raise ValueError(f"--methods is empty; choose from {', '.join(METHODS)}")
+    bad = [n for n in names if n not in METHODS]
+    if bad:
+        raise ValueError(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    return [n for n in METHODS if n in names]
+
+
+@dataclass
+class Point:
+    label: str
+    method: str
+    weights: tuple
+    args: list  # `iama train` arguments
+    cfg: object  # its TrainConfig
+
+
+def plan_points(config, overrides, weights, methods, runs: Path) -> list[Point]:
+    """Every (weight, method) in that order (each weight's runs together), its config validated."""
+    from .config import grpo_overrides, load_config
+
+    base = load_config(config, overrides)
+    points = []
+    for w in weights:
+        for method in methods:
+            label = point_label(method, w)
+            args = [str(config), *overrides, *(grpo_overrides(base) if method == "grpo" else []),
+                    *[f"criteria.{i}.weight={v!r}" for i, v in enumerate(w)], f"output_dir={runs / label}"]
+            points.append(Point(label, method, w, args, load_config(args[0], args[1:])))
+    return points
+
+
+def merge_with_saved(path: Path, base, settings: dict, weights, methods):
+    """(weights, methods) of the sweep in `path` (sweep.yaml) joined with these, or these when there is none;
+    a sweep of another config or evaluation settings is an error naming the keys that differ."""
+    from .trainer import settings_differ
+
+    if not path.is_file():
+        return weights, methods
+    saved = yaml.safe_load(path.read_text()) or {}
+    before = saved.pop("sweep", None) or {}
+    differ = settings_differ(saved, base) + [k for k in settings if before.get(k) != settings[k]]
+    if differ:
+        raise ValueError(f"{path.parent} holds a sweep of another config ({', '.join(differ)} differ); "
+                         "use another --out")
+    old = [tuple(w) for w in before.get("weights") or []]
+    weights = old + [w for w in weights or [] if point_label("", w) not in {point_label("", o) for o in old}]
+    methods = [m for m in METHODS if m in set(before.get("methods") or []) | set(methods or [])]
+    return sorted(weights), methods
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sweep
+
+
+def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, out="results/sweep", model=None,
+              steps=None, eval_prompts: int = 64, m: int = 16, bootstrap: int = 1000, progress: bool = True,
+              command: str | None = None) -> dict:
+    """Train what is missing, evaluate every point and the untrained model, write the report; returns it.
+    Everything that can be checked is checked before anything is trained or written. In an `out` that holds a
+    sweep of the same config, `weights` and `methods` (default: the sweep's own) add to the sweep's."""
+    import torch
+
+    from .algorithms import parse_algorithm
+    from .config import load_config, to_dict
+    from .decode import collect_prompts
+    from .demo import train_side_by_side
+    from .evaluate import evaluate
+    from .trainer import completed
+    from .utils import atomic_write_text
+
+    out = Path(out)
+    overrides = [*([f"model={model}"] if model else []), *([f"max_steps={steps}"] if steps else []), *overrides]
+    base = load_config(config, overrides)
+    k = len(base.criteria)
+    if k < 2:
+        raise ValueError(f"a sweep needs a config with two or more criteria; {config} has {k}")
+    weights = parse_weights(weights, k) if weights is not None else None
+    methods = parse_methods(methods) if methods is not None else None
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    need = max(parse_algorithm(c.get("algorithm", "sampling")).n or 1 for c in base.criteria)
+    if m < need:
+        raise ValueError(f"-M {m} samples per prompt cannot estimate N={need} of the criteria; use -M >= {need}")
+    if bootstrap < 1:
+        raise ValueError(f"--bootstrap must be at least 1, got {bootstrap}")
+    if eval_prompts < 1:
+        raise ValueError(f"--eval-prompts must be at least 1, got {eval_prompts}")
+    collect_prompts(source=base.prompts, column=base.prompt_column, split=base.prompt_split, limit=eval_prompts,
+                    offset=base.max_prompts or 0)  # held out: the prompts after those trained on
+    base.output_dir = str(out / "runs")
+    settings = {"eval_prompts": eval_prompts, "m": m}
+    weights, methods = merge_with_saved(out / "sweep.yaml", base, settings, weights, methods)
+    weights, methods = weights or default_weights(k), methods or list(METHODS)
+    points = plan_points(config, overrides, weights, methods, out / "runs")
+    done = {p.label: completed(p.cfg) for p in points}  # a run folder of other settings stops here
+    record = {**to_dict(base), "sweep": {"weights": [list(w) for w in weights], "methods": methods, **settings}}
+    atomic_write_text(out / "sweep.yaml", yaml.safe_dump(record, sort_keys=False))
+
+    todo = {p.label: (p.args, p.cfg) for p in points if done[p.label] is None}
+    print(f"== sweep: {len(points)} points ({', '.join(methods)} at {len(weights)} weights), "
+          f"{len(points) - len(todo)} finished, {len(todo)} to train ==", flush=True)
+    if todo:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        slots = min(jobs or (1 if torch.cuda.is_available() else cores), len(todo))
+        train_side_by_side(todo, threads=max(1, cores // slots), progress=progress, slots=slots)
+
+    print(f"== evaluating {len(points)} points and the untrained model on {eval_prompts} held-out prompts, "
+          f"M = {m} samples each, then their KL to the untrained model ==", flush=True)
+    evaluation = evaluate([f"untrained={base.model}", *[f"{p.label}={p.cfg.output_dir}" for p in points]],
+                          config=out / "sweep.yaml", reference="untrained", prompts=base.prompts,
+                          prompt_column=base.prompt_column, prompt_split=base.prompt_split, limit=eval_prompts,
+                          offset=base.max_prompts or 0, m=m, out=out / "eval", bootstrap=bootstrap,
+                          progress=progress, kl=True, command=command)
+    report = analyse(out, base, points, evaluation, bootstrap=bootstrap, command=command, config=config)
+    write_sweep_report(report, out)
+    for n, entry in report["fronts"].items():
+        d = entry["difference"]
+        if d:
+            print(f"N = {n}: hypervolume {d['minuend']} - {d['subtrahend']} = {d['mean']:.4g} "
+                  f"[{d['ci_low']:.4g}, {d['ci_high']:.4g}]")
+    print(f"report: {out / 'report.md'}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the analysis, from the evaluation's pools
+
+
+def _values_at(rewards, family: str, n: int) -> np.ndarray:
+    """(P,) per-prompt values of one criterion under its family at N (sampling and tilted do not depend on N)."""
+    from .evaluate import increasing, value_estimates
+
+    return value_estimates(rewards, family, [n] if increasing(family) is not None else None, rng=0)[:, 0]
+
+
+def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap: int = 1000,
+            confidence: float = 0.95, command=None, config=None) -> dict:
+    from .decode import normalise_criteria, read_pool
+    from .evaluate import (Pool, _configured, _nan_to_none, _paired_difference, _safe_name, align_pools,
+                           bootstrap_weights, percentile_ci)
+    from .fronts import bootstrap_fronts, pearson_bootstrap
+    from .objective import Criterion, Objective
+    from .utils import machine_info
+
+    criteria = normalise_criteria(base.criteria)
+    names = [c["name"] for c in criteria]
+    configured = _configured(criteria)
+    labels = ["untrained", *[p.label for p in points]]
+    pools = [Pool.from_records(read_pool(out / "eval" / "pools" / f"{_safe_name(k)}.jsonl"), names, k)
+             for k in labels]
+    pools = dict(zip(labels, align_pools(pools, "untrained")[0]))
+    untrained = pools["untrained"].rewards  # (P, M, m)
+    num_prompts, m = untrained.shape[0], min(p.m for p in pools.values())
+    if base.sweep_reference is not None:
+        reference = {"values": [float(v) for v in base.sweep_reference], "from": "sweep_reference in the config"}
+    else:
+        reference = {"values": untrained.mean(axis=(0, 1)).tolist(), "from": "the untrained model at N = 1"}
+    groups = {method: [p.label for p in points if p.method == method] for method in dict.fromkeys(
+        p.method for p in points)}
+
+    fronts = {}
+    for n in [n for n in PANEL_NS if n <= m]:
+        values = {k: np.stack([_values_at(pool.rewards[:, :, i], fam, n) for i, (fam, _) in enumerate(configured)],
+                              axis=1) for k, pool in pools.items()}
+        fronts[str(n)] = bootstrap_fronts(values, groups, reference["values"], resamples=bootstrap,
+                                          confidence=confidence)
+
+    # the weighted objective of each weight, every criterion at its configured algorithm, paired across methods
+    boot = bootstrap_weights(num_prompts, bootstrap, 0)
+    at_configured = {k: np.stack([_values_at(pool.rewards[:, :, i], fam, n or 1)
+                                  for i, (fam, n) in enumerate(configured)], axis=1) for k, pool in pools.items()}
+    per_weight = []
+    for w in dict.fromkeys(p.weights for p in points):
+        objective = Objective([Criterion(c["name"], c["algorithm"], v) for c, v in zip(criteria, w)],
+                              aggregator=base.aggregator, gamma=base.gamma)
+        entry = {"weights": list(w), "values": {}, "difference": None}
+        for method in ["untrained", *groups]:
+            k = "untrained" if method == "untrained" else point_label(method, w)
+            if k in at_configured:
+                lo, hi = percentile_ci(objective.aggregate(boot @ at_configured[k]), confidence)
+                entry["values"][method] = {"mean": float(objective.aggregate(at_configured[k].mean(0))),
+                                           "ci_low": float(lo), "ci_high": float(hi)}
+        a, b = point_label("iama", w), point_label("grpo", w)
+        if a in at_configured and b in at_configured:
+            entry["difference"] = _paired_difference(at_configured[a], at_configured[b], objective, boot, confidence)
+        per_weight.append(entry)
+
+    correlation = [{"criteria": [names[i], names[j]],
+                    **pearson_bootstrap(untrained[:, :, i], untrained[:, :, j], resamples=bootstrap,
+                                        confidence=confidence)}
+                   for i, j in itertools.combinations(range(len(names)), 2)]
+    return _nan_to_none({
+        "kind": "iama sweep",
+        "command": command,
+        "config": _shown(config),
+        "criteria": [{**c, "family": fam, "n": n} for c, (fam, n) in zip(criteria, configured)],
+        "aggregator": base.aggregator,
+        "methods": {"iama": "the config as written", "grpo": "sampling for every criterion, group_mean baseline"},
+        "points": {p.label: {"method": p.method, "weights": list(p.weights), "run": f"runs/{p.label}",
+                             "max_steps": p.cfg.max_steps} for p in points},
+        "evaluation": {"report": "eval/report.md", "num_prompts": num_prompts, "m": m,
+                       "offset": base.max_prompts or 0},
+        "confidence": confidence,
+        "bootstrap": bootstrap,
+        "reference_point": reference,
+        "fronts": fronts,
+        "objective": {"algorithms": {c["name"]: c["algorithm"] for c in criteria}, "per_weight": per_weight},
+        "kl": evaluation.get("kl"),
+        "correlation": correlation,
+        "machine": machine_info(),
+    })
+
+
+def _shown(path) -> str:
+    """A path as the report shows it: relative to the working directory when inside it (no machine's paths)."""
+    p, here = Path(path).resolve(), Path.cwd().resolve()
+    return str(p.relative_to(here)) if p.is_relative_to(here) else str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report
+
+
+def _ci(e, digits=4) -> str:
+    if e is None or e.get("mean") is None:
+        return "–"
+    if e.get("ci_low") is None:
+        return f"{e['mean']:.{digits}g}"
+    return f"{e['mean']:.{digits}g} [{e['ci_low']:.{digits}g}, {e['ci_high']:.{digits}g}]"
+
+
+def _markdown(r: dict) -> str:
+    from .report import _machine_line, _table
+
+    names = [c["name"] for c in r["criteria"]]
+    conf = round(100 * r["confidence"])
+    methods = list(dict.fromkeys(p["method"] for p in r["points"].values()))
+    ref, ev = r["reference_point"], r["evaluation"]
+    steps = ", ".join(map(str, sorted({p["max_steps"] for p in r["points"].values()})))
+    held_out = (f"held out (after the {ev['offset']} trained on)" if ev["offset"]
+                else "(not held out: the config trains on all prompts)")
+    families = ", ".join(f"{c['name']}: {c['family']}" for c in r["criteria"])
+    reference = ", ".join(f"{v:.4g}" for v in ref["values"])
+    algorithms = ", ".join(f"{k}: {v}" for k, v in r["objective"]["algorithms"].items())
+    out = ["# Weight sweep: IAMA against GRPO", ""]
+    if r.get("command"):
+        out.append(f"Made by `{r['command']}` on {_machine_line(r['machine'])}.")
+    out += ["Config `{}`; {}. {} points, {} steps each (runs in `runs/`). Evaluated on {} prompts {}, M = {} samples "
+            "each; the full evaluation is in [eval/report.md](eval/report.md).".format(
+                r["config"], "; ".join(f"`{k}`: {v}" for k, v in r["methods"].items() if k in methods),
+                len(r["points"]), steps, ev["num_prompts"], held_out, ev["m"]), "",
+            _table(["criterion", "reward", "algorithm"],
+                   [[c["name"], f"`{c['reward']}`", c["algorithm"]] for c in r["criteria"]]), ""]
+
+    out += ["## How much the criteria conflict", "",
+            f"Pearson correlation of the rewards over the untrained model's samples, {conf}% bootstrap interval "
+            "over prompts (negative: the criteria conflict):", ""]
+    out += [f"- {a} and {b}: {_ci(c, 3)}" for c in r["correlation"] for a, b in [c["criteria"]]]
+
+    out += ["", "## Hypervolume", "",
+            f"Each criterion under its configured family at N ({families}); the hypervolume of each method's points "
+            f"above the reference point ({reference}, {ref['from']}). {conf}% percentile bootstrap over prompts, the "
+            "same resamples for every model (the difference is paired).", ""]
+    rows = [[n, *[_ci(e["methods"][k]["hypervolume"]) for k in methods], _ci(e["difference"]),
+             "; ".join(f"{k}: {', '.join(e['methods'][k]['front'])}" for k in methods)]
+            for n, e in r["fronts"].items()]
+    out += [_table(["N", *methods, "iama − grpo", "fronts"], rows), ""]
+
+    out += ["## Objective per weight", "",
+            f"The weighted objective at the configured algorithms ({algorithms}, aggregator {r['aggregator']}), "
+            f"each weight's own; {conf}% bootstrap, the difference paired.", ""]
+    cols = ["untrained", *methods]
+    out += [_table(["weights", *cols, "iama − grpo"],
+                   [[":".join(f"{v:g}" for v in e["weights"]), *[_ci(e["values"].get(k)) for k in cols],
+                     _ci(e["difference"])] for e in r["objective"]["per_weight"]]), ""]
+
+    kl = r.get("kl") or {}
+    note = f" ({kl['note']})" if kl.get("note") else ""
+    out += ["## Points", "",
+            f"Mean values ({', '.join(names)}) at each N, * on its method's front; KL(point || untrained) in nats "
+            f"per completion from the point's own pool{note}; intervals {conf}% (those of the values in "
+            "report.json).", ""]
+    ns = list(r["fronts"])
+    rows = []
+    for label in ["untrained", *r["points"]]:
+        cells = []
+        for n in ns:
+            e = r["fronts"][n]
+            front = any(label in v["front"] for v in e["methods"].values())
+            cells.append("(" + ", ".join(f"{v:.3g}" for v in e["points"][label]["mean"]) + ")" + "*" * front)
+        rows.append([label, *cells, _ci((kl.get("models") or {}).get(label), 3)])
+    out += [_table(["point", *[f"N = {n}" for n in ns], "KL"], rows), ""]
+    out += ["## Fronts", "", f"![fronts]({r['plots']['fronts']})", ""] if r.get("plots") else []
+    return "\n".join(out).rstrip() + "\n"
+
+
+def plot_fronts(r: dict, path: Path) -> Path:
+    """A panel per N: each point with its per-coordinate interval, each method's front as a staircase, the
+    reference point. With three or more criteria, the first two (the staircases are then not drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fronts import front_line
+    from .utils import save_figure
+
+    names = [c["name"] for c in r["criteria"]]
+    two = len(names) == 2
+    ref = r["reference_point"]["values"][:2]
+    ns = list(r["fronts"])
+    colors = {"iama": "tab:red", "grpo": "tab:blue", "untrained": "grey"}
+    fig, axes = plt.subplots(1, len(ns), figsize=(4.4 * len(ns), 4.2), squeeze=False)
+    for ax, n in zip(axes[0], ns):
+        e = r["fronts"][n]
+        for label, pt in e["points"].items():
+            method = r["points"][label]["method"] if label in r["points"] else "untrained"
+            mean, lo, hi = (np.array(pt[k][:2], dtype=float) for k in ("mean", "ci_low", "ci_high"))
+            ax.errorbar(mean[0], mean[1], xerr=[[mean[0] - lo[0]], [hi[0] - mean[0]]],
+                        yerr=[[mean[1] - lo[1]], [hi[1] - mean[1]]], fmt="o", ms=4, color=colors[method],
+                        elinewidth=0.6, capsize=2, alpha=0.8, label="untrained" if method == "untrained" else None)
+            if label in r["points"]:
+                ax.annotate(":".join(f"{v:g}" for v in r["points"][label]["weights"][:1 if two else None]),
+                            mean, fontsize=6, xytext=(3, 3), textcoords="offset points", color=colors[method])
+        for method, entry in e["methods"].items():
+            pts = [e["points"][k]["mean"][:2] for k in entry["front"]]
+            if two and pts:
+                line = front_line(pts, ref)
+                ax.plot(line[:, 0], line[:, 1], color=colors[method], linewidth=1.2, label=method)
+            else:
+                ax.plot([], [], color=colors[method], marker="o", linestyle="none", label=method)
+        ax.plot(*ref, marker="x", color="black", linestyle="none", markersize=7, label="reference")
+        ax.set_xlabel(f"{names[0]} ({r['criteria'][0]['family']})")
+        ax.set_ylabel(f"{names[1]} ({r['criteria'][1]['family']})")
+        ax.set_title(f"N = {n}" + ("" if two else f" (first two of {len(names)} criteria)"), fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"each point labelled by its weight{'' if two else 's'}" + (f" of {names[0]}" if two else "")
+                 + f"; bars: {round(100 * r['confidence'])}% intervals per criterion", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_sweep_report(report: dict, out: Path) -> None:
+    from .utils import atomic_write_json, atomic_write_text
+
+    report["plots"] = {"fronts": plot_fronts(report, out / "fronts.png").name}
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", _markdown(report))
