@@ -172,10 +172,12 @@ def grpo_config(cfg: TrainConfig) -> GRPOConfig:
     on_gpu = torch.cuda.is_available()
     defaults = dict(
         logging_steps=1, save_steps=max(1, min(50, cfg.max_steps // 4)), save_total_limit=2,
-        report_to=["tensorboard"], bf16=on_gpu, gradient_checkpointing=False, disable_dropout=True,
+        report_to=["tensorboard"], bf16=on_gpu, disable_dropout=True,
         use_cpu=not on_gpu,  # also makes processes started by `accelerate launch --multi_gpu` talk over gloo
         max_completion_length=64, per_device_train_batch_size=cfg.num_generations,
     )
+    if not {"gradient_checkpointing", "activation_checkpointing"} & set(cfg.trl):
+        defaults["activation_checkpointing"] = False  # TRL's default is on; transformers 5 renamed the key
     kwargs = {**defaults, **cfg.trl}
     kwargs["reward_weights"] = [float(c.get("weight", 1.0)) for c in cfg.criteria]  # TRL logs its weighted reward
     for key in ("num_generations", "beta", "max_steps", "seed", "output_dir", "scale_rewards"):
