@@ -209,14 +209,12 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
         except ValueError as e:
             raise ConfigError(f"criterion {c['name']!r}: {e}") from None
         if c.get("calibrated"):
-            from .ctrl import parse_transform
+            from .transforms import parse_transform
 
             try:
                 parse_transform(c.get("transform") or "identity")
             except ValueError as e:
                 raise ConfigError(f"criterion {c['name']!r}: {e}") from None
-    from .trainer import grpo_config
-
     grpo_config(cfg)  # TRL's own checks (batch sizes, field types) before any model loads
     if check_model:
         from .models import check_model as _check_model
@@ -225,6 +223,30 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
             _check_model(cfg.model)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def grpo_config(cfg: TrainConfig):
+    """TRL's config: our shared keys, CPU-friendly defaults the user did not set, then the user's TRL fields."""
+    import torch
+    from trl import GRPOConfig
+
+    on_gpu = torch.cuda.is_available()
+    defaults = dict(
+        logging_steps=1, save_steps=max(1, min(50, cfg.max_steps // 4)), save_total_limit=2,
+        report_to=["tensorboard"], bf16=on_gpu, disable_dropout=True,
+        use_cpu=not on_gpu,  # also makes processes started by `accelerate launch --multi_gpu` talk over gloo
+        max_completion_length=64, per_device_train_batch_size=cfg.num_generations,
+    )
+    if not {"gradient_checkpointing", "activation_checkpointing"} & set(cfg.trl):
+        defaults["activation_checkpointing"] = False  # TRL's default is on; transformers 5 renamed the key
+    kwargs = {**defaults, **cfg.trl}
+    kwargs["reward_weights"] = [float(c.get("weight", 1.0)) for c in cfg.criteria]  # TRL logs its weighted reward
+    for key in ("num_generations", "beta", "max_steps", "seed", "output_dir", "scale_rewards"):
+        kwargs[key] = getattr(cfg, key)
+    try:
+        return GRPOConfig(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"TRL's GRPOConfig refused the config: {str(e).splitlines()[0]}") from None
 
 
 def build_objective(cfg: TrainConfig):

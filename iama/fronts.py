@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .stats import bootstrap_weights, percentile_ci
+
 
 def pareto_mask(points) -> np.ndarray:
     """Boolean mask of the non-dominated rows of points (K, m), every column maximised: a row is dominated when
@@ -74,8 +76,6 @@ def bootstrap_fronts(values: dict, groups: dict, reference, *, difference=("iama
     (a box, not a joint 2-D region). Returns {"points": {model: {mean, ci_low, ci_high}}, "methods": {method:
     {front, hypervolume: {mean, ci_low, ci_high}}}, "difference": {minuend, subtrahend, mean, ci_low, ci_high}
     or None when `difference` does not name two of the groups}."""
-    from .evaluate import bootstrap_weights, percentile_ci  # here: evaluate imports this module
-
     labels = list(values)
     arrays = {k: np.asarray(values[k], dtype=np.float64) for k in labels}
     sizes = {a.shape[0] for a in arrays.values()}
@@ -110,7 +110,6 @@ def bootstrap_fronts(values: dict, groups: dict, reference, *, difference=("iama
 def pearson_bootstrap(x, y, *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
     """Pearson correlation of two rewards over all samples x, y (P, M), with a percentile bootstrap interval
     over prompts (a prompt's M samples move together). Negative: the criteria conflict."""
-    from .evaluate import bootstrap_weights, percentile_ci
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     w = np.vstack([np.full(len(x), 1.0 / len(x)), bootstrap_weights(len(x), resamples, seed)])  # row 0: the data

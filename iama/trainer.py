@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import yaml
 from transformers import TrainerCallback
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
-from .config import ConfigError, TrainConfig, build_objective, to_dict, validate
-from .utils import atomic_write_json, atomic_write_text
+from .config import ConfigError, TrainConfig, build_objective, grpo_config, to_dict, validate
+from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 class RewardFailure(RuntimeError):
@@ -126,17 +127,68 @@ class IAMATrainer(GRPOTrainer):
             self.beta = kl_controller(self.beta, kl[-1], self.target_kl, self.kl_gain)
         return loss
 
+    # -- exact resume ------------------------------------------------------------------------------------------
+    # A resumed run is the same run: transformers restores the weights, optimizer, scheduler and every RNG that
+    # generation uses (rng_state.pth: python, numpy, torch CPU and CUDA), after fast-forwarding the dataloader.
+    # What it cannot restore, and we do:
+    #   - the data order past the first epoch (ResumableRepeatSampler below);
+    #   - TRL's buffered generations: with steps_per_generation (or num_iterations) > 1, TRL generates once for
+    #     several optimizer steps and keeps the completions in `_buffered_inputs`, indexed by its micro-step counter
+    #     `_step`; both start empty/0 on resume, so a checkpoint taken mid-buffer resumed with fresh completions,
+    #     the wrong slice, and generation boundaries shifted for the rest of the run. We save the buffer (token ids,
+    #     masks, advantages, log-probs: small next to the optimizer state) and `_step` with every checkpoint rather
+    #     than only checkpointing at generation boundaries, so that any save_steps resumes exactly;
+    #   - the KL controller's beta. The objective itself holds no state.
+    # Written before super()'s files, since trainer_state.json (written last) is what marks a checkpoint complete.
+
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._buffered_inputs is not None:  # every process has its own slice of the generation batch
+            buf = io.BytesIO()
+            torch.save(self._buffered_inputs, buf)
+            atomic_write_bytes(folder / f"iama_buffer_{self.args.process_index}.pt", buf.getvalue())
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            atomic_write_json(folder / "iama_state.json", {"beta": self.beta})
+            atomic_write_json(folder / "iama_state.json", {"beta": self.beta, "trl_step": self._step})
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
+        # called once when training resumes from `checkpoint`, before the first step
         super()._load_optimizer_and_scheduler(checkpoint)
-        state = Path(checkpoint or "") / "iama_state.json"
-        if checkpoint and state.is_file():
-            self.beta = json.loads(state.read_text())["beta"]
+        if not checkpoint:
+            return
+        state = Path(checkpoint) / "iama_state.json"
+        if state.is_file():
+            saved = json.loads(state.read_text())
+            self.beta = saved["beta"]
+            self._step = saved.get("trl_step", self._step)  # absent in checkpoints of older iama versions
+        buffer = Path(checkpoint) / f"iama_buffer_{self.args.process_index}.pt"
+        if buffer.is_file():  # else TRL generates afresh (its own resume behaviour)
+            self._buffered_inputs = torch.load(buffer, map_location=self.accelerator.device, weights_only=True)
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        return ResumableRepeatSampler.of(sampler) if type(sampler) is RepeatSampler else sampler
+
+
+class ResumableRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler with the same order, made resumable. TRL's draws one permutation per epoch from a
+    generator seeded once, so epoch e gets the (e+1)-th draw; a resumed run builds a fresh sampler and skips the
+    epochs before the checkpoint without iterating them, so it replayed epoch 0's order. The trainer calls
+    `set_epoch(e)` (through accelerate's DataLoaderShard) before iterating epoch e, resumed or not; we reseed and
+    draw the e permutations before it again. Keeps `generator`: accelerate synchronises it across processes."""
+
+    @classmethod
+    def of(cls, sampler: RepeatSampler) -> "ResumableRepeatSampler":
+        new = cls.__new__(cls)
+        new.__dict__.update(sampler.__dict__)
+        return new
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
 
 
 class CSVLogger(TrainerCallback):
@@ -165,27 +217,6 @@ class CSVLogger(TrainerCallback):
 
 # ---------------------------------------------------------------------------------------------------------------
 # building and running a training job from a TrainConfig
-
-
-def grpo_config(cfg: TrainConfig) -> GRPOConfig:
-    """TRL's config: our shared keys, CPU-friendly defaults the user did not set, then the user's TRL fields."""
-    on_gpu = torch.cuda.is_available()
-    defaults = dict(
-        logging_steps=1, save_steps=max(1, min(50, cfg.max_steps // 4)), save_total_limit=2,
-        report_to=["tensorboard"], bf16=on_gpu, disable_dropout=True,
-        use_cpu=not on_gpu,  # also makes processes started by `accelerate launch --multi_gpu` talk over gloo
-        max_completion_length=64, per_device_train_batch_size=cfg.num_generations,
-    )
-    if not {"gradient_checkpointing", "activation_checkpointing"} & set(cfg.trl):
-        defaults["activation_checkpointing"] = False  # TRL's default is on; transformers 5 renamed the key
-    kwargs = {**defaults, **cfg.trl}
-    kwargs["reward_weights"] = [float(c.get("weight", 1.0)) for c in cfg.criteria]  # TRL logs its weighted reward
-    for key in ("num_generations", "beta", "max_steps", "seed", "output_dir", "scale_rewards"):
-        kwargs[key] = getattr(cfg, key)
-    try:
-        return GRPOConfig(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"TRL's GRPOConfig refused the config: {str(e).splitlines()[0]}") from None
 
 
 # where and how a run logs and saves, and what only a report reads: free to change when it resumes

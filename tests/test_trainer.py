@@ -17,11 +17,11 @@ import pytest
 import torch
 import trl
 from packaging.version import Version
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 
 from iama.cli import main
 from iama.config import ConfigError, load_config
-from iama.trainer import GRPOConfig, RewardFailure, build_trainer, guard_reward, kl_controller, last_checkpoint
+from iama.trainer import RewardFailure, build_trainer, guard_reward, kl_controller, last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "length-tiny.yaml"
@@ -262,7 +262,7 @@ def test_target_kl_moves_beta(tmp_path):
 def test_config_passes_trl_fields_through(tmp_path):
     cfg = tiny_cfg(tmp_path, "learning_rate=1e-3", "trl.top_k=5")
     assert cfg.trl["learning_rate"] == 1e-3 and cfg.trl["top_k"] == 5
-    from iama.trainer import grpo_config
+    from iama.config import grpo_config
 
     args = grpo_config(cfg)
     assert isinstance(args, GRPOConfig) and args.learning_rate == 1e-3 and args.num_generations == 8
