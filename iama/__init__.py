@@ -11,6 +11,15 @@ from .objective import Criterion, Estimates, Objective
 __version__ = "0.1.0"
 
 __all__ = [
-    "Algorithm", "BestOfN", "Criterion", "Estimates", "Objective", "Sampling", "SoftBestOfN", "Tilted",
-    "WorstOfN", "parse_algorithm",
+    "Algorithm", "BestOfN", "Criterion", "Estimates", "IAMATrainer", "Objective", "Sampling", "SoftBestOfN",
+    "Tilted", "WorstOfN", "parse_algorithm", "save_final",
 ]
+
+
+def __getattr__(name):
+    # the trainer pulls in torch, transformers and TRL: imported on first use, so `import iama` stays light
+    if name in ("IAMATrainer", "save_final"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'iama' has no attribute {name!r}")

@@ -10,11 +10,13 @@ import sys
 
 
 def _train(args):
+    import shlex
+
     from .config import load_config
     from .trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    train(cfg)
+    train(cfg, command="iama " + shlex.join(args.argv))
 
 
 def _calibrate(args):

@@ -78,8 +78,12 @@ def _from_file(path: Path, column: str) -> list[str]:
                          f"file ending in {', '.join(SUFFIXES)}")
     if not path.is_file():
         raise ValueError(f"prompts {str(path)!r}: no such file")
-    text = path.read_text(encoding="utf-8")
     where = repr(str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:  # its own message names neither the file nor what to do
+        raise ValueError(f"prompts {where}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8"
+                         ) from None
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _from_jsonl(text, column, where)

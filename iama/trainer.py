@@ -82,15 +82,49 @@ def kl_controller(beta: float, kl: float, target: float, gain: float) -> float:
 
 
 class IAMATrainer(GRPOTrainer):
-    """GRPOTrainer with the iama objective's advantages and an optional KL controller on beta."""
+    """GRPOTrainer whose advantages come from an iama `Objective`: one reward function per criterion, in order.
 
-    def __init__(self, *args, objective, target_kl=None, kl_gain=0.1, **kwargs):
+        trainer = IAMATrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct", reward_funcs=[r1, r2],
+                              args=GRPOConfig(...), train_dataset=dataset,
+                              objective=Objective([Criterion("a", "bon:4", 0.5), Criterion("b", "bon:4", 0.5)]))
+
+    Everything else is GRPOTrainer's (PEFT, vLLM, accelerate). What `iama train` adds is here too:
+    target_kl/kl_gain hold the KL at a target with a controller on beta (args.beta is its start);
+    invalid_rewards 'stop' or 'drop' is the policy for a reward that returns NaN/None or raises (None: leave the
+    functions as they are); metrics_csv (default OUTPUT/metrics.csv, False for none) logs every step; the model
+    card (OUTPUT/README.md, and `save_final`'s) describes the objective."""
+
+    _tag_names = ["trl", "grpo", "iama"]
+    _name = "IAMA (non-linear GRPO)"
+    _paper = {"title": "Inference-Aware Meta-Alignment of LLMs via Non-Linear GRPO", "id": "2602.01603",
+              "citation": "@article{takakura2026iama,\n  title   = {Inference-Aware Meta-Alignment of LLMs via "
+                          "Non-Linear GRPO},\n  author  = {Takakura, Shokichi and Wachi, Akifumi and Higuchi, Rei "
+                          "and Miyaguchi, Kohei and Suzuki, Taiji},\n  journal = {arXiv preprint arXiv:2602.01603},"
+                          "\n  year    = {2026}\n}"}
+
+    def __init__(self, *args, objective, target_kl=None, kl_gain=0.1, invalid_rewards=None, metrics_csv=None,
+                 command=None, **kwargs):
+        reward_funcs = kwargs.get("reward_funcs", args[1] if len(args) > 1 else None)
+        funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+        if len(funcs) != len(objective.criteria):
+            raise ValueError(f"{len(funcs)} reward functions for {len(objective.criteria)} criteria")
+        if invalid_rewards is not None:
+            if invalid_rewards not in ("stop", "drop"):
+                raise ValueError(f"invalid_rewards must be 'stop', 'drop' or None, got {invalid_rewards!r}")
+            funcs = [guard_reward(f, c.name, invalid_rewards) if callable(f) and not hasattr(f, "config") else f
+                     for f, c in zip(funcs, objective.criteria)]  # a reward *model* is left to TRL
+            if "reward_funcs" in kwargs:
+                kwargs["reward_funcs"] = funcs
+            else:
+                args = (args[0], funcs, *args[2:])
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.target_kl, self.kl_gain = target_kl, kl_gain
+        self.command = command
+        self.model_card_base = kwargs.get("model") if isinstance(kwargs.get("model"), str) else None
         self._gathered_rewards = None
-        if len(self.reward_funcs) != len(objective.criteria):
-            raise ValueError(f"{len(self.reward_funcs)} reward functions for {len(objective.criteria)} criteria")
+        if metrics_csv is not False:
+            self.add_callback(CSVLogger(metrics_csv or Path(self.args.output_dir) / "metrics.csv"))
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -127,11 +161,49 @@ class IAMATrainer(GRPOTrainer):
             self.beta = kl_controller(self.beta, kl[-1], self.target_kl, self.kl_gain)
         return loss
 
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's card (OUTPUT/README.md), with what the model was aligned for appended."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if self.is_world_process_zero():
+            path = Path(self.args.output_dir) / "README.md"
+            if path.is_file():
+                atomic_write_text(path, path.read_text() + "\n" + self.model_card_section())
+
+    def model_card_section(self) -> str:
+        """Markdown: the criteria with their algorithms and weights, the objective's settings, steps, the last
+        objective estimate and the command."""
+        obj = self.objective
+        rewards = [c.reward if isinstance(c.reward, str) else name  # a spec, else the reward function's name
+                   for c, name in zip(obj.criteria, self.reward_func_names)]
+        rows = "\n".join(f"| {c.name} | `{r}` | `{c.algorithm.spec}` | {c.weight:g} |"
+                         for c, r in zip(obj.criteria, rewards))
+        estimates = self._metrics.get("train", {}).get("iama/objective") or []
+        history = [h["iama/objective"] for h in self.state.log_history if "iama/objective" in h]
+        last = history[-10:] or estimates[-10:]
+        kl = (f"KL held at {self.target_kl} by a controller on beta (last beta {self.beta:.3g})"
+              if self.target_kl is not None else f"beta = {self.beta:g}")
+        lines = [
+            "## What this model was aligned for (iama)", "",
+            "Trained with iama's non-linear GRPO (inference-aware alignment): each criterion is "
+            "scored under the inference-time algorithm it will be decoded with, and the policy is trained for the "
+            "objective below.", "",
+            "| criterion | reward | algorithm | weight |", "|---|---|---|---|", rows, "",
+            f"- objective: {obj.describe()}, scale_rewards={obj.scale_rewards}",
+            f"- group size M = {self.num_generations}, {kl}",
+            f"- steps: {self.state.global_step}" + (f"; objective estimate over the last {len(last)} logged steps: "
+                                                    f"{float(np.mean(last)):.4g}" if last else ""),
+        ]
+        if self.command:
+            lines.append(f"- made by: `{self.command}`")
+        return "\n".join(lines) + "\n"
+
     # -- exact resume ------------------------------------------------------------------------------------------
     # A resumed run is the same run: transformers restores the weights, optimizer, scheduler and every RNG that
     # generation uses (rng_state.pth: python, numpy, torch CPU and CUDA), after fast-forwarding the dataloader.
     # What it cannot restore, and we do:
-    #   - the data order past the first epoch (ResumableRepeatSampler below);
+    #   - the data order past the first epoch: TRL's RepeatSampler draws one permutation per epoch from a generator
+    #     seeded once; the resumed run builds a fresh one and never iterates the epochs before the checkpoint, so
+    #     it replayed epoch 0's order (skip_epochs below);
     #   - TRL's buffered generations: with steps_per_generation (or num_iterations) > 1, TRL generates once for
     #     several optimizer steps and keeps the completions in `_buffered_inputs`, indexed by its micro-step counter
     #     `_step`; both start empty/0 on resume, so a checkpoint taken mid-buffer resumed with fresh completions,
@@ -165,30 +237,22 @@ class IAMATrainer(GRPOTrainer):
         buffer = Path(checkpoint) / f"iama_buffer_{self.args.process_index}.pt"
         if buffer.is_file():  # else TRL generates afresh (its own resume behaviour)
             self._buffered_inputs = torch.load(buffer, map_location=self.accelerator.device, weights_only=True)
+        # the trainer resumes in epoch floor(state.epoch) (global_step // steps per epoch), having built the sampler
+        skip_epochs(getattr(self, "_train_sampler", None), int(self.state.epoch or 0))
 
     def _get_train_sampler(self, dataset=None):
-        sampler = super()._get_train_sampler(dataset)
-        return ResumableRepeatSampler.of(sampler) if type(sampler) is RepeatSampler else sampler
+        self._train_sampler = super()._get_train_sampler(dataset)  # kept for skip_epochs when resuming
+        return self._train_sampler
 
 
-class ResumableRepeatSampler(RepeatSampler):
-    """TRL's RepeatSampler with the same order, made resumable. TRL's draws one permutation per epoch from a
-    generator seeded once, so epoch e gets the (e+1)-th draw; a resumed run builds a fresh sampler and skips the
-    epochs before the checkpoint without iterating them, so it replayed epoch 0's order. The trainer calls
-    `set_epoch(e)` (through accelerate's DataLoaderShard) before iterating epoch e, resumed or not; we reseed and
-    draw the e permutations before it again. Keeps `generator`: accelerate synchronises it across processes."""
-
-    @classmethod
-    def of(cls, sampler: RepeatSampler) -> "ResumableRepeatSampler":
-        new = cls.__new__(cls)
-        new.__dict__.update(sampler.__dict__)
-        return new
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.shuffle and self.seed is not None:
-            self.generator.manual_seed(self.seed)
-            for _ in range(epoch):
-                torch.randperm(self.num_samples, generator=self.generator)
+def skip_epochs(sampler, epochs: int) -> None:
+    """Put a fresh TRL RepeatSampler where it stands after `epochs` epochs: its generator, seeded once, gives epoch
+    e the (e+1)-th permutation, so draw the first `epochs` again. Not through set_epoch: accelerate does not pass
+    it on to the sampler of a dataloader that skips batches across several processes."""
+    if isinstance(sampler, RepeatSampler) and sampler.shuffle and sampler.seed is not None:
+        sampler.generator.manual_seed(sampler.seed)
+        for _ in range(epochs):
+            torch.randperm(sampler.num_samples, generator=sampler.generator)
 
 
 class CSVLogger(TrainerCallback):
@@ -265,12 +329,14 @@ def build_rewards(cfg: TrainConfig, tokenizer):
             from .ctrl import calibrated_transformed_reward
 
             fn = calibrated_transformed_reward(fn, store, c["name"], c.get("transform") or "identity")
-        funcs.append(guard_reward(fn, c["name"], cfg.invalid_rewards))
+        funcs.append(fn)
     return funcs
 
 
-def save_final(trainer, tokenizer, final: Path, cfg: TrainConfig) -> Path:
-    """OUTPUT/final: a plain Hugging Face model (LoRA merged) with its tokenizer, swapped in atomically."""
+def save_final(trainer, final, cfg: TrainConfig | None = None) -> Path:
+    """A plain Hugging Face model (LoRA merged) with its tokenizer and model card (README.md), and the run's config
+    when there is one (iama_config.yaml), swapped in atomically: `push_to_hub` of the folder gives a useful page."""
+    final = Path(final)
     if not trainer.accelerator.is_main_process:
         return final
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -279,8 +345,13 @@ def save_final(trainer, tokenizer, final: Path, cfg: TrainConfig) -> Path:
     tmp = final.with_name(".final.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "iama_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    trainer.processing_class.save_pretrained(tmp)
+    base = trainer.model_card_base or getattr(model.config, "_name_or_path", "")
+    header = (f"---\nbase_model: {base}\nlibrary_name: transformers\ntags: [trl, grpo, iama]\n---\n\n"
+              f"# {final.parent.name or final.name}\n\nFine-tuned from `{base}`.\n\n")
+    (tmp / "README.md").write_text(header + trainer.model_card_section())
+    if cfg is not None:
+        (tmp / "iama_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     old = final.with_name(".final.old")
     if final.exists():
         os.replace(final, old)
@@ -289,7 +360,7 @@ def save_final(trainer, tokenizer, final: Path, cfg: TrainConfig) -> Path:
     return final
 
 
-def build_trainer(cfg: TrainConfig, callbacks=()):
+def build_trainer(cfg: TrainConfig, callbacks=(), command=None):
     """The IAMATrainer for `cfg`, and the tokenizer; loads the model and the rewards."""
     from transformers import AutoTokenizer
 
@@ -312,14 +383,28 @@ def build_trainer(cfg: TrainConfig, callbacks=()):
         model=model_path, reward_funcs=build_rewards(cfg, tokenizer), args=grpo_config(cfg),
         train_dataset=prompt_dataset(prompts, tokenizer), processing_class=tokenizer, peft_config=peft_config,
         objective=build_objective(cfg), target_kl=cfg.target_kl, kl_gain=cfg.kl_gain, callbacks=list(callbacks),
+        invalid_rewards=cfg.invalid_rewards, command=command,
     )
+    trainer.model_card_base = cfg.model  # the name the user gave, not the local cache it resolved to
     return trainer, tokenizer
+
+
+def check_output_dir(out: Path) -> None:
+    """output_dir must be a folder or creatable as one: an existing file there (or in place of a parent folder)
+    is a ConfigError, one line before any model loads, rather than a FileExistsError from mkdir."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == out else f"is inside {str(path)!r}, which is"
+                raise ConfigError(f"output_dir {str(out)!r} {what} an existing file, not a folder")
+            return
 
 
 def completed(cfg: TrainConfig) -> Path | None:
     """OUTPUT/final when the run of `cfg` has finished, else None; a run of other settings in OUTPUT is an error."""
     validate(cfg)
     out = Path(cfg.output_dir)
+    check_output_dir(out)
     final = out / "final"
     if not cfg.resume:
         return None
@@ -334,22 +419,23 @@ def completed(cfg: TrainConfig) -> Path | None:
     return None
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train the policy of `cfg` and return OUTPUT/final. Resumes from the last complete checkpoint."""
+def train(cfg: TrainConfig, command: str | None = None) -> Path:
+    """Train the policy of `cfg` and return OUTPUT/final. Resumes from the last complete checkpoint. `command`
+    (what made the run) goes into the model card."""
     done = completed(cfg)
     if done:
         return done
     out, final = Path(cfg.output_dir), Path(cfg.output_dir) / "final"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    trainer, tokenizer = build_trainer(cfg, callbacks=[CSVLogger(out / "metrics.csv")])
+    trainer, tokenizer = build_trainer(cfg, command=command)
     checkpoint = last_checkpoint(out) if cfg.resume else None
     if trainer.accelerator.is_main_process:
         print(f"iama: {trainer.objective.describe()}; M={cfg.num_generations}; model={cfg.model}"
               + (f"; resuming from {checkpoint}" if checkpoint else ""))
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.accelerator.wait_for_everyone()
-    save_final(trainer, tokenizer, final, cfg)
+    save_final(trainer, final, cfg)
     if not cfg.keep_checkpoints and trainer.accelerator.is_main_process:
         # optimizer state makes each checkpoint ~3x the model; a finished run never resumes from them
         for folder in out.glob("checkpoint-*"):

@@ -82,6 +82,14 @@ def test_file_errors(tmp_path, name, content, match):
     assert "\n" not in str(e.value)
 
 
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"prompts '.*latin1\.txt': not UTF-8 text \(byte 3") as e:
+        load_prompts(str(path))
+    assert "\n" not in str(e.value)
+
+
 def test_limit_must_be_positive():
     with pytest.raises(ValueError, match="limit"):
         load_prompts(limit=0)

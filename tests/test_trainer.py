@@ -47,6 +47,30 @@ def test_trl_hook_still_fits():
     assert list(inspect.signature(GRPOTrainer._generate_and_score_completions).parameters) == ["self", "inputs"]
     assert "gather(rewards_per_func)" in inspect.getsource(GRPOTrainer._calculate_rewards)
     assert "advantages[process_slice]" in inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    # exact resume (IAMATrainer._save_checkpoint, _load_optimizer_and_scheduler, _get_train_sampler, skip_epochs)
+    from transformers import Trainer
+    from trl.trainer.utils import RepeatSampler
+
+    assert list(inspect.signature(GRPOTrainer._save_checkpoint).parameters) == ["self", "model", "trial"]
+    assert list(inspect.signature(GRPOTrainer._load_optimizer_and_scheduler).parameters) == ["self", "checkpoint"]
+    assert list(inspect.signature(GRPOTrainer._get_train_sampler).parameters) == ["self", "dataset"]
+    assert "return RepeatSampler(" in inspect.getsource(GRPOTrainer._get_train_sampler)
+    # the buffer of generations and the micro-step counter that indexes it, which we save and restore
+    assert "self._buffered_inputs[self._step % self.args.steps_per_generation]" in inspect.getsource(
+        GRPOTrainer._prepare_inputs)
+    assert "self._step += 1" in inspect.getsource(GRPOTrainer.training_step)
+    # one permutation per epoch from a generator seeded once, and no set_epoch that would reseed it
+    assert "torch.randperm(self.num_samples, generator=self.generator)" in inspect.getsource(RepeatSampler.__iter__)
+    assert {"shuffle", "seed"} <= set(inspect.signature(RepeatSampler).parameters)
+    assert not hasattr(RepeatSampler, "set_epoch")
+    # floor(state.epoch) is the epoch a resumed run starts in; the RNGs are restored after skipping batches
+    run_epoch = inspect.getsource(Trainer._run_epoch)
+    assert "self.state.epoch = epoch + (step + 1) / steps_in_epoch" in run_epoch
+    assert "self._load_rng_state(resume_from_checkpoint)" in run_epoch
+    loop = inspect.getsource(Trainer._inner_training_loop)
+    assert loop.index("self.get_train_dataloader()") < loop.index("self._prepare_for_training(")  # sampler, then load
+    assert "self._load_optimizer_and_scheduler(resume_from_checkpoint)" in inspect.getsource(
+        Trainer._prepare_for_training)
 
 
 def test_sampling_with_group_mean_equals_trl_advantages(tmp_path):
@@ -120,10 +144,32 @@ def read_metrics(path):
         return list(csv.DictReader(f))
 
 
+# what a resumed run must reproduce, step by step: the loss, the rewards, the objective, the KL's beta
+SAME_AFTER_RESUME = ("loss", "grad_norm", "learning_rate", "reward", "rewards/short/mean", "rewards/long/mean",
+                     "completions/mean_length", "iama/objective", "beta")
+
+
+def assert_same_run(a, b, after=0):
+    """Two run folders: final weights bit-identical, and the same metrics for every step after `after`."""
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    differ = {k: (wa[k] - wb[k]).abs().max().item() for k in wa if not torch.equal(wa[k], wb[k])}
+    assert not differ, differ
+    rows_a, rows_b = ([{k: r.get(k) for k in SAME_AFTER_RESUME} | {"step": r["step"]}
+                       for r in read_metrics(d / "metrics.csv") if r.get("loss") and int(r["step"]) > after]
+                      for d in (a, b))
+    assert rows_a and rows_a == rows_b
+
+
 def test_checkpoint_kill_and_resume(tmp_path):
+    """SIGKILL after a checkpoint, `iama train` again: the same run as one never interrupted, bit for bit (CPU, one
+    thread), whichever checkpoint the kill fell after."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "iama.cli", "train", str(TINY), "max_steps=12", "save_steps=2", "max_prompts=16",
-           "per_device_train_batch_size=16", f"output_dir={out}", "keep_checkpoints=true"]
+    overrides = ["max_steps=12", "save_steps=2", "max_prompts=16", "per_device_train_batch_size=16",
+                 "keep_checkpoints=true", "report_to=none"]
+    cmd = [sys.executable, "-m", "iama.cli", "train", str(TINY), *overrides, f"output_dir={out}"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "checkpoint-4" / "trainer_state.json").is_file():
@@ -145,6 +191,71 @@ def test_checkpoint_kill_and_resume(tmp_path):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out / "final") is not None
+    from iama.trainer import train
+
+    train(load_config(TINY, [*overrides, f"output_dir={tmp_path / 'uninterrupted'}"]))
+    assert_same_run(tmp_path / "uninterrupted", out)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("overrides, stop_at", [
+    # steps_per_generation 1; checkpoint 8 ends the first epoch (16 prompts, 2 per step): epoch 2's order
+    ([], 8),
+    # one generation per 2 steps, checkpoint 9 in the middle of a buffer and of the second epoch; with the KL
+    # controller moving beta
+    (["steps_per_generation=2", "save_steps=3", "beta=0.05", "target_kl=0.01"], 9),
+])
+def test_resume_is_the_same_run(tmp_path, monkeypatch, overrides, stop_at):
+    """train(cfg) stopped right after checkpoint `stop_at` (as if killed), then train(cfg) again, against one
+    uninterrupted train(cfg): final weights bit-identical, the same metrics at every step after the checkpoint."""
+    from transformers import TrainerCallback
+
+    import iama.trainer
+
+    common = ["max_steps=12", "save_steps=4", "max_prompts=16", "per_device_train_batch_size=16",
+              "keep_checkpoints=true", "report_to=none", "disable_tqdm=true", *overrides]
+    iama.trainer.train(load_config(TINY, [*common, f"output_dir={tmp_path / 'a'}"]))
+
+    class StopAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == stop_at:
+                raise Killed  # after the checkpoint is complete, before anything else
+
+    real = iama.trainer.IAMATrainer.train
+
+    def train_and_stop(self, *args, **kwargs):
+        self.add_callback(StopAfterSave())
+        return real(self, *args, **kwargs)
+
+    cfg = load_config(TINY, [*common, f"output_dir={tmp_path / 'b'}"])
+    with monkeypatch.context() as m:
+        m.setattr(iama.trainer.IAMATrainer, "train", train_and_stop)
+        with pytest.raises(Killed):
+            iama.trainer.train(cfg)
+    assert last_checkpoint(tmp_path / "b") == str(tmp_path / "b" / f"checkpoint-{stop_at}")
+    iama.trainer.train(cfg)
+    assert_same_run(tmp_path / "a", tmp_path / "b", after=stop_at)
+
+
+def test_skip_epochs_keeps_trls_order():
+    """A fresh sampler after skip_epochs(e) gives the order TRL's gives in epoch e of an uninterrupted run."""
+    from trl.trainer.utils import RepeatSampler
+
+    from iama.trainer import skip_epochs
+
+    def make():
+        return RepeatSampler(range(10), mini_repeat_count=2, batch_size=3, repeat_count=2, shuffle=True, seed=3)
+
+    trl = make()
+    trl_order = [list(trl) for _ in range(4)]  # TRL's sampler, iterated for 4 epochs
+    assert trl_order[0] != trl_order[1]
+    for epoch in range(4):
+        resumed = make()
+        skip_epochs(resumed, epoch)
+        assert [list(resumed) for _ in range(epoch, 4)] == trl_order[epoch:]
 
 
 def test_lora_is_merged_into_final(tmp_path):
@@ -207,6 +318,24 @@ def test_a_finished_run_is_not_reused_under_other_settings(tmp_path, capsys):
 
     assert "max_steps" in changed_settings(tmp_path / "run", fresh)
     assert changed_settings(tmp_path / "elsewhere", fresh) == []
+
+
+def test_output_dir_that_is_a_file_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    import iama.models
+    import iama.trainer
+
+    def forbidden(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(iama.models, "resolve_model", forbidden)
+    monkeypatch.setattr(iama.trainer, "build_trainer", forbidden)
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for out, message in ((taken, "is an existing file"), (taken / "run", "inside")):
+        assert main(["train", str(TINY), f"output_dir={out}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("iama: error: output_dir") and len(err.splitlines()) == 1 and message in err, err
+    assert taken.read_text() == "not a folder"
 
 
 def test_missing_config_file(capsys):
