@@ -21,6 +21,7 @@ from numpy.polynomial import legendre
 from scipy.optimize import brentq, minimize_scalar
 
 from .algorithms import BestOfN, Sampling, WorstOfN, parse_algorithm
+from .data import prompt_key
 from .transforms import TRANSFORM_HELP, Transform, _name, parse_transform  # noqa: F401 (iama.ctrl.parse_transform)
 from .utils import atomic_write_json, save_figure
 
@@ -49,11 +50,6 @@ def calibrated_reward(reference_rewards, rewards) -> np.ndarray:
         # below = #{r_k < x}, below + equal = #{r_k <= x}
         out[i] = np.searchsorted(r, x, "left") + np.searchsorted(r, x, "right")
     return (out / (2 * ref.shape[-1])).reshape(lead + new.shape[-1:])
-
-
-def _key(prompt) -> str:
-    """Prompts are keyed by their text; a conversational prompt (a list of messages) by its canonical JSON."""
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
 class CalibrationStore:
@@ -91,7 +87,7 @@ class CalibrationStore:
         r = np.asarray(rewards, dtype=np.float64).ravel()
         if r.size == 0 or not np.all(np.isfinite(r)):
             raise ValueError(f"reference rewards for {reward_name!r} must be a non-empty list of finite numbers")
-        self.rewards.setdefault(reward_name, {})[_key(prompt)] = r.tolist()
+        self.rewards.setdefault(reward_name, {})[prompt_key(prompt)] = r.tolist()
 
     def missing(self, prompts, reward_names=None) -> list:
         """The prompts (deduplicated, in order) that lack reference rewards for any of reward_names
@@ -99,7 +95,7 @@ class CalibrationStore:
         names = self.reward_names if reward_names is None else list(reward_names)
         seen, out = set(), []
         for p in prompts:
-            k = _key(p)
+            k = prompt_key(p)
             if k not in seen:
                 seen.add(k)
                 if not names or any(k not in self.rewards.get(n, {}) for n in names):
@@ -118,7 +114,7 @@ class CalibrationStore:
         rows = r.reshape(len(r), -1)
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
-            groups.setdefault(_key(p), []).append(i)
+            groups.setdefault(prompt_key(p), []).append(i)
         out = np.empty_like(rows)
         for k, idx in groups.items():  # one searchsorted per distinct prompt
             if k not in table:
@@ -145,7 +141,7 @@ def calibrated_transformed_reward(reward_fn, store: CalibrationStore, reward_nam
         if keep:
             kept = [prompts[i] for i in keep]
             c = store.lookup(kept, reward_name, [raw[i] for i in keep])
-            c = np.maximum(c, [0.5 / len(table[_key(p)]) for p in kept])
+            c = np.maximum(c, [0.5 / len(table[prompt_key(p)]) for p in kept])
             for i, v in zip(keep, np.asarray(phi(c), dtype=np.float64)):
                 out[i] = float(v)
         return out
@@ -185,7 +181,7 @@ def fill(store_path, prompts, sample_fn, reward_fns: dict, k: int, batch_size: i
             flat_completions = [c["text"] if isinstance(p, str) else [{"role": "assistant", "content": c["text"]}]
                                 for p, c in zip(flat_prompts, flat_completions)]
         for name, fn in reward_fns.items():
-            need = [i for i, p in enumerate(batch) if _key(p) not in store.rewards.get(name, {})]
+            need = [i for i, p in enumerate(batch) if prompt_key(p) not in store.rewards.get(name, {})]
             if not need:
                 continue
             scores = fn(prompts=flat_prompts, completions=flat_completions, **extra)

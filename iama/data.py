@@ -55,6 +55,12 @@ def load_prompts(source=BUILTIN, column="prompt", split="train", limit=None) -> 
     return prompts
 
 
+def prompt_key(prompt) -> str:
+    """The one key of a prompt in pools, calibration stores and KL tables: its text, or for a conversation (a
+    list of messages) its canonical JSON, non-ASCII kept as is (the stores are JSON files people read)."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
 def as_conversation(prompts, tokenizer) -> list:
     """Prompts in TRL's conversational format when the tokenizer has a chat template, plain strings otherwise."""
     if getattr(tokenizer, "chat_template", None):

@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 
 from .algorithms import Algorithm, Tilted, parse_algorithm
+from .data import prompt_key
 from .utils import atomic_write_text
 
 BACKENDS = ("hf", "vllm")
@@ -421,10 +422,6 @@ def read_pool(path) -> list[dict]:
     return records
 
 
-def _prompt_key(prompt) -> str:
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
-
-
 def sample_pool(backend, prompts, criteria, rewards: dict, *, m: int, settings: GenerationSettings, seed: int = 0,
                 label: str = "model", path=None, resume: bool = True, progress: bool = True,
                 model_arg: str | None = None, objective: dict | None = None) -> list[dict]:
@@ -460,15 +457,15 @@ def sample_pool(backend, prompts, criteria, rewards: dict, *, m: int, settings: 
                 raise ValueError(f"pool {str(path)!r} was drawn with other settings ({', '.join(changed)} differ, "
                                  "e.g. another model in the same place); remove it, or pass resume=False / "
                                  "another output folder")
-            done[_prompt_key(r["prompt"])] = r
+            done[prompt_key(r["prompt"])] = r
             kept.append(r)
     unique, seen = [], set()
     for p in prompts:
-        key = _prompt_key(p)
+        key = prompt_key(p)
         if key not in seen:
             seen.add(key)
             unique.append((len(unique), p))
-    todo = [(i, p) for i, p in unique if _prompt_key(p) not in done]
+    todo = [(i, p) for i, p in unique if prompt_key(p) not in done]
     per_call = max(1, backend.batch_size // m)
     bar = None
     if progress and todo:
@@ -484,7 +481,7 @@ def sample_pool(backend, prompts, criteria, rewards: dict, *, m: int, settings: 
         score_candidates(batch, samples, rewards, backend.chat)
         for p, cands in zip(batch, samples):
             r = _record(p, label, cands, setting, criteria, objective)
-            done[_prompt_key(p)] = r
+            done[prompt_key(p)] = r
             records.append(r)
         if path is not None:
             write_pool(path, others + records)
@@ -494,7 +491,7 @@ def sample_pool(backend, prompts, criteria, rewards: dict, *, m: int, settings: 
         bar.close()
     if path is not None and not Path(path).is_file():
         write_pool(path, others + records)
-    return [done[_prompt_key(p)] for _, p in unique]
+    return [done[prompt_key(p)] for _, p in unique]
 
 
 # ---------------------------------------------------------------------------------------------------------------

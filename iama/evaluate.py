@@ -270,9 +270,9 @@ class Pool:
         return cls(label, [r["prompt"] for r in records], rewards, tokens, list(names), list(records))
 
     def subset(self, keys) -> Pool:
-        from .decode import _prompt_key
+        from .data import prompt_key
 
-        index = {_prompt_key(p): i for i, p in enumerate(self.prompts)}
+        index = {prompt_key(p): i for i, p in enumerate(self.prompts)}
         idx = [index[k] for k in keys]
         return Pool(self.label, [self.prompts[i] for i in idx], self.rewards[idx],
                     None if self.num_tokens is None else self.num_tokens[idx], self.criteria,
@@ -562,12 +562,12 @@ def pools_from_records(records, criteria_names=None) -> list[Pool]:
 
 def align_pools(pools: list[Pool], reference: str | None = None) -> tuple[list[Pool], dict]:
     """Restrict all pools to the prompts they share, in the reference's (default: the first pool's) order."""
-    from .decode import _prompt_key
+    from .data import prompt_key
 
     ref = next((p for p in pools if p.label == reference), pools[0])
-    common = [_prompt_key(p) for p in ref.prompts]
+    common = [prompt_key(p) for p in ref.prompts]
     for pool in pools:
-        have = {_prompt_key(p) for p in pool.prompts}
+        have = {prompt_key(p) for p in pool.prompts}
         common = [k for k in common if k in have]
     if not common:
         raise ValueError("the pools share no prompts; evaluate models on the same prompts")

@@ -28,11 +28,11 @@ def completion_logprobs(backend, prompts, completions, batch_size: int = 16) -> 
     prompts: one per completion (a string or chat messages, tokenised as in generation)."""
     import torch
 
-    from .decode import _prompt_key
+    from .data import prompt_key
 
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-    keys = [_prompt_key(p) for p in prompts]
+    keys = [prompt_key(p) for p in prompts]
     first = dict(zip(keys, prompts))  # each distinct prompt is tokenised once
     prompt_ids = dict(zip(first, backend.prompt_ids(list(first.values()))))
     pad = backend.tokenizer.pad_token_id or 0

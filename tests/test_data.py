@@ -156,3 +156,24 @@ def test_grim_prompt_set_has_a_fixed_split():
     assert len(held_out) == 60 and not set(train) & set(held_out) and train + held_out == prompts
     assert {row["category"] for row in rows[160:]} == {row["category"] for row in rows}  # every subject held out
     assert not set(prompts) & (set(load_prompts("builtin")) | set(load_prompts("builtin:questions")))
+
+
+def test_one_prompt_key_for_pools_and_calibration_stores(tmp_path):
+    """A non-ASCII conversation keys a calibration store and a pool alike, through their files and back."""
+    from iama.ctrl import CalibrationStore
+    from iama.data import prompt_key
+    from iama.decode import read_pool, write_pool
+    from iama.evaluate import Pool
+
+    conv = [{"role": "system", "content": "Réponds brièvement."}, {"role": "user", "content": "Über Tōkyō — 東京?"}]
+    store = CalibrationStore(tmp_path / "calibration.json")
+    store.add(conv, "r", [0.1, 0.5, 0.9])
+    store.save()
+    write_pool(tmp_path / "pool.jsonl", [{"prompt": conv, "model": "m", "candidates": [
+        {"text": "ja", "num_tokens": 1, "finished": True, "scores": {"r": 0.5}}]}])
+    record = read_pool(tmp_path / "pool.jsonl")[0]
+    assert prompt_key(record["prompt"]) in CalibrationStore(tmp_path / "calibration.json").rewards["r"]
+    assert CalibrationStore(tmp_path / "calibration.json").lookup([record["prompt"]], "r", [[0.5]]).tolist() == [[0.5]]
+    pool = Pool.from_records([record], ["r"], "m")
+    assert pool.subset([prompt_key(conv)]).rewards.shape[0] == 1
+    assert "東京" in prompt_key(conv)  # not escaped: the key is the text people read in the store
