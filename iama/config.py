@@ -238,7 +238,9 @@ def grpo_config(cfg: TrainConfig):
         max_completion_length=64, per_device_train_batch_size=cfg.num_generations,
     )
     if not {"gradient_checkpointing", "activation_checkpointing"} & set(cfg.trl):
-        defaults["activation_checkpointing"] = False  # TRL's default is on; transformers 5 renamed the key
+        # TRL's default is on; transformers 5.2x renamed the key (the old name warns), earlier 5.x lack the new one
+        fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+        defaults["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
     kwargs = {**defaults, **cfg.trl}
     kwargs["reward_weights"] = [float(c.get("weight", 1.0)) for c in cfg.criteria]  # TRL logs its weighted reward
     for key in ("num_generations", "beta", "max_steps", "seed", "output_dir", "scale_rewards"):

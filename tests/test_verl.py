@@ -1,5 +1,6 @@
-"""The verl plugin (iama.integrations.verl), checked against verl itself: its plugin loading and its own
-`compute_advantage` dispatcher.
+"""The verl plugin (iama.integrations.verl), checked against verl itself: its plugin loading, its own
+`compute_advantage` dispatcher, its reward step (reward manager, agent loop batching, extract_reward) as
+RayPPOTrainer.fit runs it, and the v1 trainer's advantage step on a TransferQueue.
 
 verl lives in an environment of its own, `.venv-verl` at the repository root (IAMA_VERL_VENV moves it):
 
@@ -395,7 +396,7 @@ def test_bon_m_on_verl_against_verls_own_grpo_passk(norm, base_algorithm):
     groups[2][:, 0] = 1.0  # all succeed: no signal
     config = copy.deepcopy(base_algorithm)
     config.update({"adv_estimator": "iama_bon", "iama_n": m, "norm_adv_by_std_in_grpo": norm})
-    data, rows, mask, _ = _batch(groups, rng, shuffle=True, dtype="float64")
+    data, _, mask, _ = _batch(groups, rng, shuffle=True, dtype="float64")
     ours = compute_advantage(data, adv_estimator="iama_bon", config=config).batch["advantages"].numpy()
     verls, _ = compute_grpo_passk_outcome_advantage(data.batch["token_level_rewards"], data.batch["response_mask"],
                                                      data.non_tensor_batch["uid"], config=config)
@@ -492,22 +493,6 @@ def test_same_advantages_as_a_trl_config(base_algorithm):
 
 
 @in_verl_env
-def test_per_criterion_scores_through_the_dispatcher(base_algorithm):
-    """verl 0.9.1's dispatcher hands a custom estimator no non_tensor_batch: a criterion with a `key` stops with an
-    error that says so. Should verl start passing it, the numbers must be the objective's."""
-    rng = np.random.default_rng(6)
-    groups = _groups(rng, [8] * 4, criteria=3)
-    config, objective = _per_criterion_config(base_algorithm, "sum")
-    data, rows, mask, _ = _batch(groups, rng, shuffle=True)
-    try:
-        out = compute_advantage(data, adv_estimator="iama", config=config)
-    except ValueError as e:
-        assert "non_tensor_batch" in str(e) and "'helpful'" in str(e) and "iama train" in str(e)
-    else:
-        _check(out.batch["advantages"], objective(np.stack(groups)[..., 1:]).advantages, rows, mask)
-
-
-@in_verl_env
 def test_hydra_overrides_reach_the_estimator():
     """The documented command-line form: `algorithm.adv_estimator=iama +algorithm.iama_...=...`."""
     cfg = _compose(["algorithm.adv_estimator=iama", "+algorithm.iama_algorithm=soft_bon:4:0.5",
@@ -558,6 +543,360 @@ def test_missing_uid_fails_clearly():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# several criteria from compute_score's dict, through verl's own training step
+
+
+SCORE_FROM_JSON = '''
+import json
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    return json.loads(solution_str)  # the tests' responses decode to the dict they should score
+'''
+
+
+class _Vocabulary:
+    """A tokenizer for verl's reward manager: token id i decodes to texts[i] (one token says the whole text)."""
+
+    def __init__(self):
+        self.texts = []
+
+    def encode(self, text):
+        self.texts.append(text)
+        return len(self.texts) - 1
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(self.texts[int(i)] for i in ids[:1])
+
+
+def _compose_with_score(tmp_path, overrides, source=SCORE_FROM_JSON):
+    path = tmp_path / "reward.py"
+    path.write_text(source)
+    return _compose([*overrides, f"reward.custom_reward_function.path={path}",
+                     "reward.custom_reward_function.name=compute_score"])
+
+
+def _fit_batch(cfg, texts, rng):
+    """The batch RayPPOTrainer.fit holds at its advantage step, built by verl's own functions: each response (groups
+    of texts, one group per prompt, rollout.n each) scored by verl's reward manager with cfg's compute_score, the
+    agent loop's _postprocess, the prompts' uids repeated and unioned as fit does, rows shuffled as _balance_batch
+    does, then fit's reward step: extract_reward and the lines of its "adv" block. Returns the batch and each row's
+    (group, position)."""
+    import types
+    import uuid
+
+    from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopWorker, _InternalAgentLoopOutput
+    from verl.trainer.ppo.reward import extract_reward, load_reward_manager
+
+    vocabulary = _Vocabulary()
+    manager = load_reward_manager(cfg, vocabulary)
+    prompt_len, width = 3, 6
+    outputs = []
+    for group in texts:
+        for text in group:
+            length = int(rng.integers(1, width + 1))
+            response = torch.zeros(1, width, dtype=torch.int64)
+            response[0, 0] = vocabulary.encode(text)
+            mask = (torch.arange(width) < length).long()[None]
+            attention = torch.cat([torch.ones(1, prompt_len, dtype=torch.int64), mask], dim=1)
+            one = DataProto.from_dict(
+                tensors={"prompts": torch.ones(1, prompt_len, dtype=torch.int64), "responses": response,
+                         "attention_mask": attention},
+                non_tensors={"data_source": np.array(["test"], dtype=object),
+                             "reward_model": np.array([{"ground_truth": ""}], dtype=object),
+                             "extra_info": np.array([{}], dtype=object)})
+            # what RewardLoopWorker.compute_score runs, with a custom_reward_function
+            result = manager.loop.run_until_complete(manager.run_single(one))
+            outputs.append(_InternalAgentLoopOutput(
+                prompt_ids=one.batch["prompts"], response_ids=response, response_mask=mask, attention_mask=attention,
+                input_ids=torch.cat([one.batch["prompts"], response], dim=1),
+                position_ids=torch.arange(prompt_len + width)[None], reward_score=result["reward_score"], num_turns=2,
+                metrics=AgentLoopMetrics(), extra_fields={"reward_extra_info": result["reward_extra_info"]}))
+    # the agent loop with its reward workers (reward_loop_worker_handles set), as fit's rollout returns it
+    generated = AgentLoopWorker._postprocess(types.SimpleNamespace(reward_loop_worker_handles=[None]), outputs)
+    n = cfg.actor_rollout_ref.rollout.n
+    batch = DataProto.from_dict(tensors={"dummy_tensor": torch.zeros(len(texts), 1, dtype=torch.uint8)},
+                                non_tensors={"uid": np.array([str(uuid.uuid4()) for _ in texts], dtype=object)})
+    batch = batch.repeat(repeat_times=n, interleave=True).union(generated)
+    rows = [(g, j) for g in range(len(texts)) for j in range(n)]
+    order = rng.permutation(len(rows))
+    batch.reorder(torch.as_tensor(order))
+    reward_tensor, reward_extra_infos_dict = extract_reward(batch)
+    # RayPPOTrainer.fit, "adv": (use_kl_in_reward is False: the plugin refuses it)
+    batch.batch["token_level_scores"] = reward_tensor
+    if reward_extra_infos_dict:
+        batch.non_tensor_batch.update({k: np.array(v) for k, v in reward_extra_infos_dict.items()})
+    batch.batch["token_level_rewards"] = batch.batch["token_level_scores"]
+    return batch, [rows[i] for i in order]
+
+
+def _fit_advantage(cfg, batch):
+    """RayPPOTrainer.fit's compute_advantage call, then its data metrics."""
+    from verl.trainer.ppo.metric_utils import compute_data_metrics
+
+    plugin.take_metrics()  # none left from other tests
+    batch = compute_advantage(batch, adv_estimator=cfg.algorithm.adv_estimator, gamma=cfg.algorithm.gamma,
+                              lam=cfg.algorithm.lam, num_repeat=cfg.actor_rollout_ref.rollout.n,
+                              norm_adv_by_std_in_grpo=cfg.algorithm.get("norm_adv_by_std_in_grpo", True),
+                              config=cfg.algorithm)
+    return batch, compute_data_metrics(batch=batch, use_critic=False)
+
+
+MIXED = [{"name": "helpful", "algorithm": "bon:4", "weight": 0.5, "key": "helpful"},
+         {"name": "harmless", "algorithm": "won:2", "weight": 0.3, "key": "harmless"},
+         {"name": "score", "algorithm": "sampling", "weight": 0.2}]  # verl's own reward, compute_score's "score"
+
+
+def _criteria_override(criteria):
+    return "+algorithm.iama_criteria=" + json.dumps(criteria).replace('"', "")
+
+
+def _scores(rng, groups, m):
+    """Random reward dicts (score, helpful, harmless); the first group's helpful is 0/1 (ties)."""
+    values = rng.uniform(-1, 1, size=(groups, m, 3))
+    values[0, :, 1] = rng.integers(0, 2, size=m)
+    return values, [[json.dumps({"score": v[0], "helpful": v[1], "harmless": v[2]}) for v in g] for g in values]
+
+
+@in_verl_env
+@pytest.mark.parametrize("aggregator", ["sum", "min"])
+def test_criteria_from_compute_score_through_fit(aggregator, tmp_path):
+    """compute_score returns several keys; verl's reward step and fit's compute_advantage, on uids repeated n times
+    and shuffled, give Objective(...)(rewards).advantages (verl's 'score' through its float32 rm_scores), and verl's
+    metrics carry each criterion's mean reward and its value under its algorithm."""
+    m = 8
+    cfg = _compose_with_score(tmp_path, ["algorithm.adv_estimator=iama", f"+algorithm.iama_aggregator={aggregator}",
+                                         _criteria_override(MIXED), f"actor_rollout_ref.rollout.n={m}"])
+    rng = np.random.default_rng(21)
+    values, texts = _scores(rng, 5, m)
+    batch, rows = _fit_batch(cfg, texts, rng)
+    assert sorted(batch.meta_info["reward_extra_keys"]) == ["harmless", "helpful", "score"]
+    batch, metrics = _fit_advantage(cfg, batch)
+    rewards = np.stack([values[..., 1], values[..., 2], values[..., 0].astype(np.float32).astype(np.float64)], -1)
+    objective = Objective([Criterion(c["name"], c["algorithm"], c["weight"]) for c in MIXED], aggregator=aggregator,
+                          scale_rewards="group")
+    expected = objective(rewards)
+    _check(batch.batch["advantages"], expected.advantages, rows, batch.batch["response_mask"].numpy())
+    for i, c in enumerate(objective.criteria):
+        assert metrics[f"iama/{c.name}/reward"] == pytest.approx(rewards[..., i].mean(), abs=1e-12)
+        assert metrics[f"iama/{c.name}/{c.algorithm.spec}"] == pytest.approx(expected.values[:, i].mean(), abs=1e-12)
+    assert metrics["iama/objective"] == pytest.approx(expected.objective, abs=1e-12)
+    assert metrics["iama/dropped_samples"] == 0 and "critic/score/mean" in metrics
+
+
+def _bad_texts(rng, bad):
+    values, texts = _scores(rng, 3, 4)
+    texts[1][2] = texts[1][2].replace('"helpful": ', f'"helpful": {bad}, "was": ')
+    return values, texts
+
+
+@in_verl_env
+@pytest.mark.parametrize("bad", ["NaN", "null", '"n/a"'])
+def test_invalid_criterion_values_stop_or_drop(bad, tmp_path):
+    """A compute_score key that is NaN, None or not a number: stops naming the criterion and key (iama train's
+    default), or with iama_invalid_rewards=drop, drops the sample from its group and counts it."""
+    criteria = [{"name": "helpful", "algorithm": "bon:2", "weight": 0.5, "key": "helpful"},
+                {"name": "harmless", "algorithm": "won:2", "weight": 0.5, "key": "harmless"}]
+    overrides = ["algorithm.adv_estimator=iama", _criteria_override(criteria), "actor_rollout_ref.rollout.n=4"]
+    cfg = _compose_with_score(tmp_path, overrides)
+    values, texts = _bad_texts(np.random.default_rng(4), bad)
+    batch, rows = _fit_batch(cfg, texts, np.random.default_rng(5))
+    with pytest.raises(ValueError, match=r"criterion 'helpful' \(compute_score's 'helpful'\) is NaN, None, inf or "
+                                         r"not a number for 1 of 12 samples.*iama_invalid_rewards=drop"):
+        _fit_advantage(cfg, batch)
+    cfg = _compose_with_score(tmp_path, [*overrides, "+algorithm.iama_invalid_rewards=drop"])
+    batch, rows = _fit_batch(cfg, texts, np.random.default_rng(5))
+    batch, metrics = _fit_advantage(cfg, batch)
+    values[1, 2, 1] = np.nan
+    objective = Objective([Criterion(c["name"], c["algorithm"], c["weight"]) for c in criteria], scale_rewards="group")
+    expected = objective(values[..., 1:])
+    assert expected.dropped == 1 and metrics["iama/dropped_samples"] == 1
+    _check(batch.batch["advantages"], expected.advantages, rows, batch.batch["response_mask"].numpy())
+
+
+@in_verl_env
+def test_missing_criterion_key_names_the_keys_compute_score_returned(tmp_path):
+    """A criterion key that compute_score did not return: one error naming it and the keys there are."""
+    criteria = [{"name": "helpful", "algorithm": "bon:2", "key": "helpfull"},
+                {"name": "harmless", "algorithm": "won:2", "key": "harmlessness"}]
+    cfg = _compose_with_score(tmp_path, ["algorithm.adv_estimator=iama", _criteria_override(criteria),
+                                         "actor_rollout_ref.rollout.n=4"])
+    batch, _ = _fit_batch(cfg, _scores(np.random.default_rng(1), 2, 4)[1], np.random.default_rng(2))
+    with pytest.raises(ValueError, match=re.escape("read ['helpfull', 'harmlessness'] from compute_score's dict, "
+                                                   "which has no such key: compute_score returned ['harmless', "
+                                                   "'helpful', 'score']")):
+        _fit_advantage(cfg, batch)
+
+
+def _dispatchers():
+    """Stand-ins for verl's compute_advantage: verl 0.9's (non_tensor_batch for 'gdpo' only) and one with
+    verl-project/verl#7473 (non_tensor_batch and batch for every estimator that accepts them)."""
+    import inspect
+
+    from verl.trainer.ppo import core_algos
+
+    def dispatcher(passes):
+        def compute_advantage(data, adv_estimator, gamma=1.0, lam=1.0, num_repeat=1, norm_adv_by_std_in_grpo=True,
+                              config=None):
+            fn = core_algos.get_adv_estimator_fn(adv_estimator)
+            kwargs = {"token_level_rewards": data.batch["token_level_rewards"],
+                      "response_mask": data.batch["response_mask"], "config": config,
+                      "index": data.non_tensor_batch["uid"]}
+            accepts = inspect.signature(fn).parameters
+            if passes and ("non_tensor_batch" in accepts or any(p.kind == p.VAR_KEYWORD for p in accepts.values())):
+                kwargs.update(non_tensor_batch=data.non_tensor_batch, batch=data.batch)
+            data.batch["advantages"], data.batch["returns"] = fn(**kwargs)
+            return data
+
+        return compute_advantage
+
+    return {"verl 0.9": dispatcher(False), "verl#7473": dispatcher(True)}
+
+
+@in_verl_env
+@pytest.mark.parametrize("version", ["verl 0.9", "verl#7473"])
+def test_dispatcher_patched_only_where_verl_lacks_non_tensor_batch(version, tmp_path, caplog):
+    """The plugin patches a dispatcher that does not pass non_tensor_batch, once and logged once, and leaves one that
+    does (#7473) alone; through either the keyed objective's advantages are exact; other estimators are verl's."""
+    import logging
+    import types
+
+    original = _dispatchers()[version]
+    stub = types.ModuleType("stub_ray_trainer")
+    stub.compute_advantage = original
+    patched = version == "verl 0.9"
+    with caplog.at_level(logging.INFO, logger=plugin.__name__):
+        assert plugin.patch_dispatcher(stub) is patched
+        assert plugin.patch_dispatcher(stub) is patched
+    assert (stub.compute_advantage is original) is not patched
+    assert sum("patched stub_ray_trainer.compute_advantage" in r.getMessage() for r in caplog.records) == int(patched)
+    cfg = _compose_with_score(tmp_path, ["algorithm.adv_estimator=iama", _criteria_override(MIXED[:2]),
+                                         "actor_rollout_ref.rollout.n=4"])
+    rng = np.random.default_rng(8)
+    values, texts = _scores(rng, 3, 4)
+    batch, rows = _fit_batch(cfg, texts, rng)
+    out = stub.compute_advantage(batch, adv_estimator="iama", config=cfg.algorithm)
+    objective = Objective([Criterion(c["name"], c["algorithm"], c["weight"]) for c in MIXED[:2]],
+                          scale_rewards="group")
+    _check(out.batch["advantages"], objective(values[..., 1:]).advantages, rows, batch.batch["response_mask"].numpy())
+    grpo = stub.compute_advantage(batch, adv_estimator="grpo_passk", config=cfg.algorithm).batch["advantages"].clone()
+    assert torch.equal(grpo, original(batch, adv_estimator="grpo_passk", config=cfg.algorithm).batch["advantages"])
+
+
+@in_verl_env
+def test_installed_verl_is_patched_as_its_dispatcher_needs():
+    """On the installed verl: compute_advantage is patched exactly when it does not pass non_tensor_batch (verl
+    0.9.1 does not), and everything that imported it by name (the v1 trainer's utils) holds the patched one."""
+    from verl.trainer.ppo import metric_utils, ray_trainer
+    from verl.trainer.ppo.v1 import trainer_base
+    from verl.trainer.ppo.v1 import utils as v1_utils
+
+    dispatcher = ray_trainer.compute_advantage
+    original = getattr(dispatcher, "__wrapped__", dispatcher)
+    assert plugin.passes_non_tensor_batch(original) is not None
+    assert getattr(dispatcher, "_iama_patch", False) is not plugin.passes_non_tensor_batch(original)
+    assert v1_utils.compute_advantage is dispatcher is compute_advantage
+    assert trainer_base.compute_data_metrics is ray_trainer.compute_data_metrics is metric_utils.compute_data_metrics
+    assert metric_utils.compute_data_metrics._iama_patch and trainer_base.PPOTrainer._compute_advantage._iama_patch
+    assert plugin.PROBE not in ADV_ESTIMATOR_REGISTRY
+
+
+PATCHED = ("import json, verl; from verl.trainer.ppo import ray_trainer as r; from verl.trainer.ppo.v1 import "
+           "trainer_base as t, utils as u; print(json.dumps([getattr(f, '_iama_patch', False) for f in "
+           "(r.compute_advantage, u.compute_advantage, t.compute_data_metrics, t.PPOTrainer._compute_advantage)]))")
+
+
+@in_verl_env
+def test_patches_applied_when_verl_loads_the_plugin():
+    """In a fresh process, `import verl` loads the plugin and the plugin patches verl's trainer modules as they are
+    imported later; with plugins off, verl stays as it is."""
+    for env, want in (({}, [True] * 4), ({"VERL_USE_EXTERNAL_PLUGINS": "none"}, [False] * 4)):
+        out = subprocess.run([sys.executable, "-c", PATCHED], check=False, capture_output=True, text=True,
+                             env=_clean_env(**env), timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == want, env
+
+
+@pytest.fixture(scope="module")
+def transfer_queue():
+    """A local Ray cluster with verl's TransferQueue, which the v1 trainer keeps its batches in."""
+    ray = pytest.importorskip("ray")
+    tq = pytest.importorskip("transfer_queue")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster: no token file
+        try:  # logical CPUs: TransferQueue's controller and storage units take one each
+            ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            tq.init()
+        except Exception as e:  # noqa: BLE001 - the machine cannot run Ray: say so, as for a missing verl
+            ray.shutdown()
+            if os.environ.get("IAMA_REQUIRE_VERL") == "1":
+                pytest.fail(f"Ray with TransferQueue did not start: {e}")
+            pytest.skip(f"Ray with TransferQueue did not start: {e}")
+        try:
+            yield tq
+        finally:
+            tq.close()
+            ray.shutdown()
+
+
+@in_verl_env
+@pytest.mark.parametrize("layout", ["agent loop", "colocated reward model"])
+def test_criteria_through_the_v1_trainer(layout, transfer_queue, tmp_path):
+    """verl's v1 trainer (trainer.use_v1, verl 0.9's default): samples stored in its TransferQueue as the agent loop
+    stores them (compute_score's keys under extra_fields), or with the keys as fields of their own (a colocated
+    reward model), uids shuffled, filled up with verl's no-op padding rows as its _balance_batch does; its own
+    _compute_advantage gives the objective's advantages (the padding left out: smoothmin weighs the batch)."""
+    import types
+
+    from transfer_queue.metadata import KVBatchMeta
+    from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
+    from verl.trainer.ppo.v1 import trainer_base
+    from verl.utils import tensordict_utils as tu
+
+    tq, m = transfer_queue, 4
+    cfg = _compose(["algorithm.adv_estimator=iama", _criteria_override(MIXED), "+algorithm.iama_aggregator=smoothmin",
+                    "+algorithm.iama_gamma=4", f"actor_rollout_ref.rollout.n={m}"])
+    rng = np.random.default_rng(13)
+    values = _scores(rng, 3, m)[0]
+    fields, keys, rows = [], [], []
+    for g, group in enumerate(values):
+        for j, (score, helpful, harmless) in enumerate(group):
+            length = int(rng.integers(1, 6))
+            rm_scores = torch.zeros(length)
+            rm_scores[-1] = score
+            info = {"score": score, "helpful": helpful, "harmless": harmless}
+            fields.append({"uid": f"{layout}-{g}", "response_mask": torch.ones(length, dtype=torch.int64),
+                           "rm_scores": rm_scores,
+                           "extra_fields": {"reward_extra_info": info} if layout == "agent loop" else {}})
+            keys.append(f"{layout}-{g}_{j}_0")
+            rows.append((g, j))
+    tq.kv_batch_put(keys=keys, partition_id="train", fields=tu.list_of_dict_to_tensordict(fields))
+    if layout != "agent loop":  # _compute_reward_colocate writes compute_score's keys as fields
+        tq.kv_batch_put(keys=keys, partition_id="train", fields=tu.get_tensordict(
+            {k: values[..., i].reshape(-1) for i, k in enumerate(["score", "helpful", "harmless"])}))
+    order = rng.permutation(len(keys))
+    batch = KVBatchMeta(partition_id="train", keys=[keys[i] for i in order],
+                        tags=[{"seq_len": 8, "min_global_steps": 0, "max_global_steps": 0} for _ in order])
+    batch = upsample_batch_to_divisible_size(batch, batch_multiple=16, eos_token_id=0)  # a whole group of padding
+    assert [bool(tag.get("is_padding")) for tag in batch.tags] == [False] * len(keys) + [True] * m
+    plugin.take_metrics()
+    trainer_base.PPOTrainer._compute_advantage(types.SimpleNamespace(config=cfg), batch, {})
+    got = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["advantages"])["advantages"]
+    advantages = np.array([a[0].item() if len(a) else 0.0 for a in got.unbind(0)])
+    rewards = np.stack([values[..., 1], values[..., 2], values[..., 0].astype(np.float32).astype(np.float64)], -1)
+    objective = Objective([Criterion(c["name"], c["algorithm"], c["weight"]) for c in MIXED], aggregator="smoothmin",
+                          gamma=4.0, scale_rewards="group")
+    expected = objective(rewards)
+    _check(advantages[: len(keys), None], expected.advantages, [rows[i] for i in order], np.ones((len(keys), 1)))
+    assert np.all(advantages[len(keys):] == 0)
+    metrics = plugin.take_metrics()
+    assert metrics["iama/helpful/bon:4"] == pytest.approx(expected.values[:, 0].mean(), abs=1e-12)
+    assert metrics["iama/helpful/reward"] == pytest.approx(values[..., 1].mean(), abs=1e-12)
+    assert metrics["iama/objective"] == pytest.approx(expected.objective, abs=1e-12)
+    assert metrics["iama/dropped_samples"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # the scaling guide's verl command is a valid verl config for the plugin
 
 
@@ -570,13 +909,28 @@ def _doc_overrides():
     return [os.path.expandvars(w) for w in words[start:]]
 
 
+def _words(monkeypatch):
+    """The guide's compute_score with a whitespace tokenizer standing in for the model's."""
+    import transformers
+
+    class Words:
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": text.split()}
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Words())
+
+
 @in_verl_env
-def test_scaling_guide_verl_command_is_valid():
-    """The guide's verl command composes with verl's config, passes verl's validate_config, and its algorithm
-    settings give the objective's advantages."""
+def test_scaling_guide_verl_command_is_valid(monkeypatch, tmp_path):
+    """The guide's verl command composes with verl's config and passes verl's validate_config; with the guide's
+    compute_score (saved where the command looks for it), verl's reward step and fit's compute_advantage give the
+    objective's advantages on the dict's two criteria."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "length_reward.py").write_text(_doc_python("def compute_score"))
+    _words(monkeypatch)
     overrides = _doc_overrides()
     assert all("=" in w for w in overrides), [w for w in overrides if "=" not in w]
     cfg = _compose(overrides)
@@ -584,13 +938,15 @@ def test_scaling_guide_verl_command_is_valid():
     algorithm = cfg.algorithm
     assert algorithm.adv_estimator in NAMES and not algorithm.use_kl_in_reward
     assert cfg.actor_rollout_ref.actor.use_kl_loss
-    objective, _ = plugin.objective_from_config(algorithm.adv_estimator, algorithm)
-    assert cfg.actor_rollout_ref.rollout.n >= objective.min_group_size()
+    objective, keys = plugin.objective_from_config(algorithm.adv_estimator, algorithm)
+    assert keys == ["short", "long"] and cfg.actor_rollout_ref.rollout.n >= objective.min_group_size()
     rng = np.random.default_rng(1)
-    groups = _groups(rng, [cfg.actor_rollout_ref.rollout.n] * 3)
-    data, rows, mask, _ = _batch(groups, rng, shuffle=True)
-    out = compute_advantage(data, adv_estimator=algorithm.adv_estimator, config=algorithm)
-    _check(out.batch["advantages"], objective(np.stack(_rounded(groups, np.float32))).advantages, rows, mask)
+    lengths = rng.integers(10, 250, size=(3, cfg.actor_rollout_ref.rollout.n))
+    batch, rows = _fit_batch(cfg, [["word " * int(n) for n in group] for group in lengths], rng)
+    batch, metrics = _fit_advantage(cfg, batch)
+    rewards = np.stack([-(((lengths - target) / 256) ** 2) for target in (50, 150)], axis=-1)
+    _check(batch.batch["advantages"], objective(rewards).advantages, rows, batch.batch["response_mask"].numpy())
+    assert {"iama/short/bon:4", "iama/long/bon:4", "iama/short/reward", "iama/objective"} <= set(metrics)
 
 
 def _doc_python(marker):
@@ -602,18 +958,12 @@ def _doc_python(marker):
 
 def test_scaling_guide_verl_reward_function(monkeypatch):
     """The guide's compute_score runs (with a whitespace tokenizer standing in for the model's)."""
-    import transformers
-
-    class Words:
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": text.split()}
-
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Words())
+    _words(monkeypatch)
     namespace = {}
     exec(compile(_doc_python("def compute_score"), "length_reward.py", "exec"), namespace)  # noqa: S102
     out = namespace["compute_score"]("ultrafeedback", "word " * 100, "", extra_info={})
-    assert out == {"score": -((100 - 150) / 256) ** 2, "short": -((100 - 50) / 256) ** 2,
-                   "long": -((100 - 150) / 256) ** 2, "length": 100}
+    short, long = -((100 - 50) / 256) ** 2, -((100 - 150) / 256) ** 2
+    assert out == {"score": 0.5 * short + 0.5 * long, "short": short, "long": long, "length": 100}
 
 
 def test_scaling_guide_verl_data_preparation(monkeypatch, tmp_path):
