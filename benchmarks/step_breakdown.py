@@ -132,14 +132,16 @@ def main():
     results = {label: measure(args.config, overrides, args.steps) for label, overrides in variants.items()}
 
     labels = list(results)
+    width = max(12, *(len(x) + 2 for x in labels))
     print(f"{args.config}, {args.threads} thread(s), median of {args.steps - 1} steps (s)")
-    print(f"{'stage':<22}" + "".join(f"{x:>16}" for x in labels))
+    print(f"{'stage':<22}" + "".join(f"{x:>{width}}" for x in labels))
     for stage in ["total", *STAGES]:
-        print(f"{stage:<22}" + "".join(f"{results[x]['median_s'][stage]:>16.2f}" for x in labels))
-    print(f"{'completion tokens':<22}" + "".join(f"{results[x]['mean_completion_tokens'] or 0:>16.1f}"
+        print(f"{stage:<22}" + "".join(f"{results[x]['median_s'][stage]:>{width}.2f}" for x in labels))
+    print(f"{'completion tokens':<22}" + "".join(f"{results[x]['mean_completion_tokens'] or 0:>{width}.1f}"
                                                    for x in labels))
     base = results[labels[0]]["median_s"]["total"]
-    print(f"{'step time / first':<22}" + "".join(f"{results[x]['median_s']['total'] / base:>16.2f}" for x in labels))
+    print(f"{'step time / first':<22}" + "".join(f"{results[x]['median_s']['total'] / base:>{width}.2f}"
+                                                   for x in labels))
     atomic_write_json(args.out, {"command": " ".join(["python"] + sys.argv), "machine": machine_info(),
                                  "threads": args.threads, "steps": args.steps, "variants": results})
 

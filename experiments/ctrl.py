@@ -103,10 +103,10 @@ def main():
                           config=_eval_config(task, out), reference="reference",
                           prompts=args.prompts, limit=args.eval_prompts, offset=args.train_prompts, m=args.m,
                           out=out / task / "eval", kl=True, command="python experiments/ctrl.py")
-        fam, n = ("bon" if algorithm.startswith("bon") else "won"), parse_algorithm(algorithm).n
+        alg = parse_algorithm(algorithm)
         for (variant, beta), run_dir in runs.items():
-            curve = report["win_rates"][f"{variant}-beta{beta:.3g}"][task][fam]
-            i = curve["n"].index(n)
+            curve = report["win_rates"][f"{variant}-beta{beta:.3g}"][task][alg.family]
+            i = curve["n"].index(alg.n)
             kl = report["kl"]["models"][f"{variant}-beta{beta:.3g}"]
             table.append(dict(task=task, algorithm=algorithm, variant=variant,
                               transform={"raw": "raw reward", "identity": "calibrated", "transformed": transform}[variant],

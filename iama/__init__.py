@@ -1,18 +1,18 @@
 """iama: inference-aware alignment of language models.
 
-Train one model so that best-of-N, worst-of-N, soft best-of-N or tilting applied to it with a small budget
-satisfies several criteria at once (IAMA, non-linear GRPO), calibrate and transform rewards for the decoding
+Train one model so that best-of-N, worst-of-N, soft best-of-N, tilting or majority voting applied to it with a
+small budget satisfies several criteria at once (IAMA, non-linear GRPO), calibrate and transform rewards for the decoding
 procedure (InfAlign-CTRL), and evaluate models the way they are decoded.
 """
 
-from .algorithms import Algorithm, BestOfN, Sampling, SoftBestOfN, Tilted, WorstOfN, parse_algorithm
-from .objective import Criterion, Estimates, Objective
+from .algorithms import Algorithm, BestOfN, MajorityVote, Sampling, SoftBestOfN, Tilted, WorstOfN, parse_algorithm
+from .objective import Criterion, Estimates, Objective, parse_criteria
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Algorithm", "BestOfN", "Criterion", "Estimates", "IAMATrainer", "Objective", "Sampling", "SoftBestOfN",
-    "Tilted", "WorstOfN", "parse_algorithm", "save_final",
+    "Algorithm", "BestOfN", "Criterion", "Estimates", "IAMATrainer", "MajorityVote", "Objective", "Sampling", "SoftBestOfN",
+    "Tilted", "WorstOfN", "parse_algorithm", "parse_criteria", "save_final",
 ]
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import ClassVar
 
 import numpy as np
+from scipy.signal import convolve2d
 from scipy.special import gammaln, log_softmax, logsumexp
 
 # Largest number of (subsets x samples x N) a generic kernel may enumerate before we sample or refuse.
@@ -29,7 +31,7 @@ MAX_SUBSETS = 4096
 # input handling
 
 
-def _to_numpy(x, name="rewards", check=True):
+def to_numpy(x, name="rewards", check=True):
     """float64 numpy copy of x and a function that turns a result back into x's type (numpy or torch).
     With check, refuse what no estimator can use: a scalar, an empty group, NaN or inf."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch here
@@ -97,6 +99,12 @@ def max_weights(m: int, n: int) -> np.ndarray:
     return np.exp(_log_comb(i - 1, n - 1) - _log_comb(m, n))
 
 
+def _loo_mean(a):
+    """The mean of the other samples of each sample's group (last axis): N = 1's leave-one-out baseline."""
+    m = a.shape[-1]
+    return (a.sum(-1, keepdims=True) - a) / (m - 1) if m > 1 else np.zeros_like(a)
+
+
 def _max_value_exact(sorted_r, cum_p, n):
     """E[max of n iid] for sorted rewards with cumulative probabilities cum_p (last axis)."""
     prev = np.concatenate([np.zeros_like(cum_p[..., :1]), cum_p[..., :-1]], axis=-1)
@@ -128,8 +136,7 @@ def _max_estimates_sorted(a, n, estimator):
     """
     m = a.shape[-1]
     if n == 1:  # plain sampling: RLOO baseline
-        b = (a.sum(-1, keepdims=True) - a) / (m - 1) if m > 1 else np.zeros_like(a)
-        return a.copy(), b
+        return a.copy(), _loo_mean(a)
     if m == 1:  # plugin on a single sample: the others are empty
         return n * a, np.zeros_like(a)
     k = np.arange(1, m)  # order-statistic ranks among the m-1 others
@@ -208,8 +215,7 @@ def _generic_estimates(r, n, kernel, estimator, rng):
     """(s, b) for a generic kernel; see _max_estimates_sorted for what they are."""
     m = r.shape[-1]
     if n == 1:
-        b = (r.sum(-1, keepdims=True) - r) / (m - 1) if m > 1 else np.zeros_like(r)
-        return r.copy(), b
+        return r.copy(), _loo_mean(r)
     if estimator == "plugin":
         uniform = np.full(r.shape, 1.0 / m)
         s = _generic_first_variation(uniform, r, n, kernel)
@@ -241,15 +247,53 @@ def _generic_value_estimate(r, n, kernel, rng):
 
 
 class Algorithm:
-    """Base class. N-sample algorithms set `n` and implement `kernel`; estimates default to the U-statistic."""
+    """Base class. A subclass sets the three class attributes below, takes N (if its value depends on N) as its
+    first constructor argument and stores it as `n`, returns its other arguments from `_args`, and implements
+    `kernel` and `_select`. Exact values and first variations then come from enumerating the kernel, estimates
+    from the U-statistic; a closed form overrides them. ALGORITHMS (end of file) reads its spec."""
 
+    name: str  # the spec's first word: 'bon' in 'bon:4'
+    # True if the value grows with N, False if it falls; None if it does not depend on N, and then N is not
+    # written in the spec (sampling is N = 1, tilted has no N)
+    increasing: bool | None = None
+    # the spec's arguments after N, in order: {"TAU": float} for 'soft_bon:N:TAU'
+    params: ClassVar[dict[str, type]] = {}
     n: int | None = None
     estimators: tuple[str, ...] = ("unbiased", "plugin")
     default_estimator = "unbiased"
+    needs_answers = False  # True: it selects by each sample's answer too, passed as `answers=` (MajorityVote)
+
+    def _args(self) -> tuple:
+        """The values of `params`, in order."""
+        return ()
 
     def kernel(self, r):
         """Expected reward of the selected sample, for samples' rewards on the last axis."""
         raise NotImplementedError
+
+    # what it is called, and the same algorithm at another N ---------------------------------------------------
+    @property
+    def family(self) -> str:
+        """The spec without N ('bon:4' -> 'bon', 'soft_bon:4:0.1' -> 'soft_bon:0.1'): the algorithm at every N."""
+        return ":".join([self.name, *(f"{a:g}" for a in self._args())])
+
+    @property
+    def spec(self) -> str:
+        """'bon:4', 'soft_bon:4:0.1', 'tilted:0.1': what parse_algorithm reads back."""
+        if self.increasing is None:
+            return self.family
+        return ":".join([self.name, str(self.n), *(f"{a:g}" for a in self._args())])
+
+    def at(self, n: int) -> Algorithm:
+        """The same algorithm with N = n. One whose value does not depend on N is itself (sampling only at N = 1)."""
+        if self.increasing is not None:
+            return type(self)(n, *self._args())
+        if self.n is not None and n != self.n:
+            raise ValueError(f"{self.spec} is the N = {self.n} algorithm")
+        return self
+
+    def _init_args(self) -> tuple:
+        return ((self.n,) if self.increasing is not None else ()) + self._args()
 
     # exact, on a finite response set ---------------------------------------------------------------------------
     def value(self, probs, rewards) -> float:
@@ -281,7 +325,7 @@ class Algorithm:
         estimator = estimator or self.default_estimator
         if estimator not in self.estimators:
             raise ValueError(f"unknown estimator {estimator!r} for {self}; choose one of {self.estimators}")
-        r, back = _to_numpy(group_rewards)
+        r, back = to_numpy(group_rewards)
         if estimator == "unbiased":
             _check_group(r.shape[-1], self.n, estimator)
         s, b = self._estimates(r, estimator, rng)
@@ -295,12 +339,18 @@ class Algorithm:
 
     def estimate_value(self, group_rewards, *, rng=None):
         """Unbiased estimate of R per group (shape (...)), from the group's M >= N samples."""
-        r, back = _to_numpy(group_rewards)
+        r, back = to_numpy(group_rewards)
         _check_group(r.shape[-1], self.n, "unbiased")
         return back(self._value_estimate(r, rng))
 
     def _value_estimate(self, r, rng):
         return _generic_value_estimate(r, self.n, self.kernel, rng)
+
+    def estimate_values(self, group_rewards, ns, *, rng=None):
+        """Value estimates at every N in ns, shape (..., len(ns)), all from the same groups of M >= max(ns)."""
+        r, back = to_numpy(group_rewards)
+        rng = np.random.default_rng(rng)
+        return back(np.stack([self.at(n).estimate_value(r, rng=rng) for n in ns], axis=-1))
 
     # deployment ------------------------------------------------------------------------------------------------
     def select(self, rewards, generator=None):
@@ -313,33 +363,33 @@ class Algorithm:
         return self._select(r, np.random.default_rng(generator))
 
     def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{v!r}' for v in self._args())})"
+        return f"{type(self).__name__}({', '.join(f'{v!r}' for v in self._init_args())})"
 
     def __eq__(self, other):
-        return type(self) is type(other) and self._args() == other._args()
+        return type(self) is type(other) and self._init_args() == other._init_args()
 
     def __hash__(self):
-        return hash((type(self).__name__, self._args()))
+        return hash((type(self).__name__, self._init_args()))
 
 
-class _OrderStatistic(Algorithm):
+class OrderStatistic(Algorithm):
     """Best-of-N (sign +1, kernel max) and worst-of-N (sign -1, kernel min) in closed form: O(M log M) per group.
     Worst-of-N of r is minus best-of-N of -r."""
 
     sign = 1.0
-    prefix = "bon"
 
     def __init__(self, n: int):
         if int(n) != n or n < 1:
             raise ValueError(f"N must be a positive integer, got {n!r}")
         self.n = int(n)
 
-    def _args(self):
-        return (self.n,)
-
-    @property
-    def spec(self):
-        return f"{self.prefix}:{self.n}"
+    def pool_weights(self, m: int, ns=None) -> np.ndarray:
+        """(len(ns), m): the probability that this algorithm at N, run on a random N-subset of m samples, selects
+        the i-th smallest of them, for each N in ns (default its own). The sorted pool times these weights is
+        the unbiased value at each N; evaluation weights cross-effects and win rates with them too."""
+        ns = [self.n] if ns is None else [self.at(n).n for n in ns]
+        w = np.stack([max_weights(m, n) for n in ns])
+        return w[:, ::-1].copy() if self.sign < 0 else w
 
     def kernel(self, r):
         return self.sign * np.max(self.sign * np.asarray(r), axis=-1)
@@ -361,41 +411,47 @@ class _OrderStatistic(Algorithm):
         return self.sign * s, self.sign * b
 
     def _value_estimate(self, r, rng):
-        return self.sign * np.sum(np.sort(self.sign * r, axis=-1) * max_weights(r.shape[-1], self.n), axis=-1)
+        return np.sort(r, axis=-1) @ self.pool_weights(r.shape[-1])[0]
+
+    def estimate_values(self, group_rewards, ns, *, rng=None):
+        r, back = to_numpy(group_rewards)
+        _check_group(r.shape[-1], max(ns), "unbiased")
+        return back(np.sort(r, axis=-1) @ self.pool_weights(r.shape[-1], ns).T)
 
     def _select(self, r, rng):
         return np.argmax(self.sign * r, axis=-1)
 
 
-class BestOfN(_OrderStatistic):
+class BestOfN(OrderStatistic):
     """Draw N, keep the highest reward. Kernel max."""
 
+    name = "bon"
+    increasing = True
 
-class WorstOfN(_OrderStatistic):
+
+class WorstOfN(OrderStatistic):
     """Draw N, keep the lowest reward (an attacker searching for the worst response). Kernel min."""
 
+    name = "won"
+    increasing = False
     sign = -1.0
-    prefix = "won"
 
 
-class Sampling(_OrderStatistic):
+class Sampling(OrderStatistic):
     """One sample, no selection: R = E_pi r, the linear objective of ordinary RLHF/GRPO."""
 
-    prefix = "sampling"
+    name = "sampling"
 
     def __init__(self):
         self.n = 1
 
-    def _args(self):
-        return ()
-
-    @property
-    def spec(self):
-        return "sampling"
-
 
 class SoftBestOfN(Algorithm):
     """Draw N, pick sample k with probability softmax(r / temperature)_k. Kernel sum_k softmax(r/tau)_k r_k."""
+
+    name = "soft_bon"
+    increasing = True
+    params: ClassVar = {"TAU": float}
 
     def __init__(self, n: int, temperature: float):
         if int(n) != n or n < 1:
@@ -405,11 +461,7 @@ class SoftBestOfN(Algorithm):
         self.n, self.temperature = int(n), float(temperature)
 
     def _args(self):
-        return (self.n, self.temperature)
-
-    @property
-    def spec(self):
-        return f"soft_bon:{self.n}:{self.temperature:g}"
+        return (self.temperature,)
 
     def kernel(self, r):
         return np.sum(np.exp(log_softmax(r / self.temperature, axis=-1)) * r, axis=-1)
@@ -428,6 +480,8 @@ class Tilted(Algorithm):
     (nearly) zero mean already, so the leave-one-out baseline is 0. The value estimate is self-normalised:
     consistent, not unbiased (no unbiased estimator of a ratio exists)."""
 
+    name = "tilted"
+    params: ClassVar = {"TAU": float}
     estimators = ("loo", "plugin")
     default_estimator = "loo"
 
@@ -438,10 +492,6 @@ class Tilted(Algorithm):
 
     def _args(self):
         return (self.temperature,)
-
-    @property
-    def spec(self):
-        return f"tilted:{self.temperature:g}"
 
     def value(self, probs, rewards):
         p, r = _check_distribution(probs, rewards)
@@ -478,7 +528,7 @@ class Tilted(Algorithm):
         return np.sum(np.exp(log_softmax(r / self.temperature, axis=-1)) * r, axis=-1)
 
     def estimate_value(self, group_rewards, *, rng=None):
-        r, back = _to_numpy(group_rewards)
+        r, back = to_numpy(group_rewards)
         return back(self._value_estimate(r, rng))
 
     def select(self, rewards, generator=None):
@@ -487,21 +537,230 @@ class Tilted(Algorithm):
         return SoftBestOfN(r.shape[-1], self.temperature).select(r, generator)
 
 
-def parse_algorithm(spec) -> Algorithm:
-    """'sampling', 'bon:4', 'won:4', 'soft_bon:4:0.1', 'tilted:0.1' (or an Algorithm, returned as is)."""
+# ---------------------------------------------------------------------------------------------------------------
+# majority voting: selects by answers, counted rather than enumerated
+
+
+def _vote_sum(w, w_abstain, r, r_abstain, k):
+    """sum over vote counts (n_1..n_C, n_0) totalling k of prod_a w[a, n_a] * w_abstain[n_0] * f(n), where f(n) is
+    the mean of r over the answers with the most votes (a uniform tie-break; n_0 abstain) and r_abstain if all k
+    abstain. w: (C, k + 1), w_abstain: (k + 1,). With w[a, s] = C(c_a, s) this sums f over the k-subsets of a
+    group with c_a samples of answer a; with w[a, s] = p_a^s / s! it is E f / k! under draws with replacement.
+
+    For a winner a with t votes, the other answers' generating polynomial in x (votes) and y (answers tied at t),
+    prod_{b != a} (sum_{s<t} w[b, s] x^s + w[b, t] x^t y) * sum_s w_abstain[s] x^s, gives in its x^(k-t) y^j
+    coefficient the weight of a (j+1)-way tie. Products over b != a come from prefix and suffix products."""
+    n_answers = w.shape[0]
+    total = r_abstain * w_abstain[k] * np.prod(w[:, 0])
+    for t in range(1, k + 1):
+        rows, cols = k - t + 1, k // t + 1  # x up to k - t; y up to the ties that fit
+        factors = []
+        for b in range(n_answers):
+            g = np.zeros((min(t, rows - 1) + 1, 2))
+            g[: min(t, rows), 0] = w[b, : min(t, rows)]
+            if t < rows:
+                g[t, 1] = w[b, t]
+            factors.append(g)
+        prefix = [np.zeros((rows, cols))]
+        prefix[0][0, 0] = 1.0
+        for g in factors[:-1]:
+            prefix.append(convolve2d(prefix[-1], g)[:rows, :cols])
+        suffix = np.zeros((rows, cols))
+        suffix[:, 0] = w_abstain[:rows]  # abstentions: any number, never tied
+        tie_share = 1.0 / np.arange(1, cols + 1)
+        for a in range(n_answers - 1, -1, -1):
+            if w[a, t] != 0 and r[a] != 0:
+                others = convolve2d(prefix[a], suffix)[:rows, :cols]
+                total += r[a] * w[a, t] * float(others[k - t] @ tie_share)
+            suffix = convolve2d(suffix, factors[a])[:rows, :cols]
+    return float(total)
+
+
+def _answer_classes(answers, rewards):
+    """[(indices, mean reward)] per answer, first-seen order, and (indices, mean reward) of the abstainers."""
+    members = {}
+    for i, a in enumerate(answers):
+        members.setdefault(a, []).append(i)
+    abstain = members.pop(None, [])
+    classes = [(m, float(np.mean(rewards[m]))) for m in members.values()]
+    return classes, (abstain, float(np.mean(rewards[abstain])) if abstain else 0.0)
+
+
+def _comb_row(c, k, shift=0):
+    """C(c, s - shift) for s = 0..k: the ways to give an answer held by c samples s - shift of k votes."""
+    return np.array([math.comb(c, s - shift) if 0 <= s - shift else 0 for s in range(k + 1)], dtype=np.float64)
+
+
+def _power_row(p, k, shift=0):
+    """p^(s - shift) / (s - shift)! for s = 0..k: the same for draws with replacement."""
+    return np.array([p ** (s - shift) / math.factorial(s - shift) if s >= shift else 0.0 for s in range(k + 1)])
+
+
+def answer_array(answers, shape):
+    """answers as an object array of `shape` (nested lists of strings, tuples, None...), each checked hashable.
+    Filled level by level, so that tuples stay answers rather than becoming an axis."""
+    shape = tuple(shape)
+    flat = [answers]
+    for size in shape:
+        if not all(isinstance(x, (list, tuple, np.ndarray)) and len(x) == size for x in flat):
+            raise ValueError(f"answers must have the rewards' shape {shape}, one per sample")
+        flat = [y for x in flat for y in x]
+    a = np.empty(len(flat), dtype=object)
+    a[:] = [x.item() if isinstance(x, np.generic) else x for x in flat]
+    a = a.reshape(shape)
+    for x in a.flat:
+        try:
+            hash(x)
+        except TypeError:
+            raise ValueError(f"answers must be hashable (strings, numbers, tuples or None); got {type(x).__name__}") from None
+    return a
+
+
+class MajorityVote(Algorithm):
+    """maj@N, self-consistency: draw N, keep the answer most samples give (ties broken uniformly at random;
+    samples without an answer, None, do not vote) and return a sample that gives it.
+
+    Besides rewards it needs each sample's answer (`answers=`, shaped like the rewards). The reward is taken to
+    be a function of the answer: where samples with the same answer differ, the answer's mean reward counts.
+    Values, first variations and the U-statistic estimates are computed by counting votes (`_vote_sum`), never by
+    enumerating subsets. Its value usually grows with N (when the right answer is the most likely one), so
+    `increasing` is True for effective-N comparisons; a frequent wrong answer makes it fall."""
+
+    name = "maj"
+    increasing = True
+    estimators = ("unbiased",)
+    needs_answers = True
+
+    def __init__(self, n: int):
+        if int(n) != n or n < 1:
+            raise ValueError(f"N must be a positive integer, got {n!r}")
+        self.n = int(n)
+
+    # exact, on a finite response set ---------------------------------------------------------------------------
+    def _exact(self, probs, rewards, answers, fixed=None):
+        p, r = _check_distribution(probs, rewards)
+        classes, (abstain, r0) = _answer_classes(answer_array(answers, p.shape), r)
+        k = self.n - (fixed is not None)
+        w = np.array([_power_row(p[m].sum(), self.n, shift=int(i == fixed)) for i, (m, _) in enumerate(classes)])
+        w0 = _power_row(p[abstain].sum(), self.n, shift=int(fixed == -1))
+        return math.factorial(k) * _vote_sum(w.reshape(len(classes), self.n + 1), w0,
+                                             [c[1] for c in classes], r0, self.n), classes, abstain
+
+    def value(self, probs, rewards, *, answers) -> float:
+        return self._exact(probs, rewards, answers)[0]
+
+    def first_variation(self, probs, rewards, *, answers) -> np.ndarray:
+        """N E f(y, Y_2..Y_N): one vote fixed to y's answer."""
+        _, classes, abstain = self._exact(probs, rewards, answers)
+        out = np.empty(len(np.asarray(rewards)))
+        for i, (m, _) in enumerate(classes):
+            out[m] = self.n * self._exact(probs, rewards, answers, fixed=i)[0]
+        if abstain:
+            out[abstain] = self.n * self._exact(probs, rewards, answers, fixed=-1)[0]
+        return out
+
+    # estimates from groups -------------------------------------------------------------------------------------
+    def _groups(self, group_rewards, answers):
+        r, back = to_numpy(group_rewards)
+        _check_group(r.shape[-1], self.n, "unbiased")
+        a = answer_array(answers, r.shape)
+        return r.reshape(-1, r.shape[-1]), a.reshape(-1, r.shape[-1]), r.shape, back
+
+    def _group_sum(self, counts, values, abstain, r0, k, fixed=None, shift=0):
+        """_vote_sum over the k-subsets of a group whose answers have `counts` samples; with `fixed` (an answer's
+        index, -1 for abstain) one of its samples is taken out, and with shift=1 given a vote of its own."""
+        w = np.array([_comb_row(c - (i == fixed), k, shift if i == fixed else 0) for i, c in enumerate(counts)])
+        w0 = _comb_row(abstain - (fixed == -1), k, shift if fixed == -1 else 0)
+        return _vote_sum(w.reshape(len(counts), k + 1), w0, values, r0, k)
+
+    def estimate(self, group_rewards, estimator=None, *, answers, rng=None):
+        """s_j = N mean_{S ⊂ others, |S| = N-1} f(j, S) and b_j = N mean_S f_{N-1}(S) (N = 1: the others' mean)."""
+        if (estimator or "unbiased") != "unbiased":
+            raise ValueError(f"unknown estimator {estimator!r} for {self}; choose one of {self.estimators}")
+        r, a, shape, back = self._groups(group_rewards, answers)
+        s, b = np.empty_like(r), np.empty_like(r)
+        n, m = self.n, r.shape[-1]
+        scale = n / math.comb(m - 1, n - 1)
+        for g in range(len(r)):
+            classes, (abstain, r0) = _answer_classes(a[g], r[g])
+            counts, values = [len(c[0]) for c in classes], [c[1] for c in classes]
+            for fixed, members in [*enumerate(c[0] for c in classes), (-1, abstain)]:
+                if not members:
+                    continue
+                s[g, members] = scale * self._group_sum(counts, values, len(abstain), r0, n, fixed, shift=1)
+                b[g, members] = (scale * self._group_sum(counts, values, len(abstain), r0, n - 1, fixed) if n > 1
+                                 else (r[g].sum() - r[g, members]) / max(m - 1, 1))
+        return back(s.reshape(shape)), back(b.reshape(shape))
+
+    def estimate_first_variation(self, group_rewards, estimator=None, *, answers, rng=None):
+        return self.estimate(group_rewards, estimator, answers=answers)[0]
+
+    def loo_baseline(self, group_rewards, estimator=None, *, answers, rng=None):
+        return self.estimate(group_rewards, estimator, answers=answers)[1]
+
+    def estimate_value(self, group_rewards, *, answers, rng=None):
+        """The mean of f over every N-subset of the group: unbiased."""
+        r, a, shape, back = self._groups(group_rewards, answers)
+        out = np.empty(len(r))
+        for g in range(len(r)):
+            classes, (abstain, r0) = _answer_classes(a[g], r[g])
+            out[g] = self._group_sum([len(c[0]) for c in classes], [c[1] for c in classes], len(abstain), r0,
+                                     self.n) / math.comb(r.shape[-1], self.n)
+        return back(out.reshape(shape[:-1]))
+
+    def estimate_values(self, group_rewards, ns, *, answers, rng=None):
+        r, back = to_numpy(group_rewards)
+        return back(np.stack([self.at(n).estimate_value(r, answers=answers) for n in ns], axis=-1))
+
+    # deployment ------------------------------------------------------------------------------------------------
+    def select(self, rewards, generator=None, *, answers):
+        """Index of a candidate with the most frequent answer among N (last axis): ties, and the candidates
+        giving it, drawn uniformly; all abstaining, any candidate."""
+        r = np.asarray(rewards, dtype=np.float64)
+        if r.ndim == 0 or r.shape[-1] != self.n:
+            raise ValueError(f"{self} selects among exactly {self.n} candidates; got shape {r.shape}")
+        a = answer_array(answers, r.shape).reshape(-1, self.n)
+        rng = np.random.default_rng(generator)
+        out = np.empty(len(a), dtype=np.int64)
+        for g, row in enumerate(a):
+            votes = {}
+            for i, x in enumerate(row):
+                if x is not None:
+                    votes.setdefault(x, []).append(i)
+            if not votes:
+                out[g] = rng.integers(self.n)
+                continue
+            top = max(map(len, votes.values()))
+            winners = [v for v in votes.values() if len(v) == top]
+            out[g] = rng.choice(winners[rng.integers(len(winners))])
+        return out.reshape(r.shape[:-1]) if r.ndim > 1 else int(out[0])
+
+
+# Every algorithm by its spec's name: training, evaluation and decoding all read specs through this table.
+ALGORITHMS = {cls.name: cls for cls in (Sampling, BestOfN, WorstOfN, SoftBestOfN, Tilted, MajorityVote)}
+
+
+def _usage(cls) -> str:
+    return ":".join([cls.name, *(["N"] if cls.increasing is not None else []), *cls.params])
+
+
+def parse_algorithm(spec, n: int | None = None) -> Algorithm:
+    """'sampling', 'bon:4', 'won:4', 'soft_bon:4:0.1', 'tilted:0.1', 'maj:8' (or an Algorithm, returned as is). With n, spec
+    may also be a family, a spec without its N ('bon', 'soft_bon:0.1'), which then gets N = n."""
     if isinstance(spec, Algorithm):
         return spec
     text = str(spec).strip().lower()
     name, *args = text.split(":")
-    forms = {"sampling": (Sampling, ()), "bon": (BestOfN, (int,)), "won": (WorstOfN, (int,)),
-             "soft_bon": (SoftBestOfN, (int, float)), "tilted": (Tilted, (float,))}
-    if name not in forms:
-        raise ValueError(f"unknown algorithm {spec!r}; write one of: sampling, bon:N, won:N, soft_bon:N:TAU, tilted:TAU")
-    cls, types = forms[name]
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {spec!r}; write one of: {', '.join(map(_usage, ALGORITHMS.values()))}")
+    cls = ALGORITHMS[name]
+    takes_n = cls.increasing is not None
+    family = takes_n and n is not None and len(args) == len(cls.params)  # N left out, so n gives it
+    types = ([int] if takes_n and not family else []) + list(cls.params.values())
     if len(args) != len(types):
         raise ValueError(f"algorithm {spec!r} takes {len(types)} argument(s) after {name!r}")
     try:
         values = [t(a) for t, a in zip(types, args)]
     except ValueError:
         raise ValueError(f"algorithm {spec!r}: cannot read its arguments") from None
-    return cls(*values)
+    return cls(n, *values) if family else cls(*values)

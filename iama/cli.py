@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", action="append", default=[], metavar="JSONL", help="saved pools or `iama decode` output")
     p.add_argument("--config", default=None, help="YAML or run dir with the criteria (default: the first run's)")
     p.add_argument("--reference", default=None, help="label of the reference model (default: the first)")
-    p.add_argument("--algorithms", default=None, help="extra families, comma-separated: bon,won,soft_bon:0.1")
+    p.add_argument("--algorithms", default=None, help="extra families, comma-separated: bon,won,soft_bon:0.1,maj")
     p.add_argument("--prompts", default="builtin", help="'builtin', a .jsonl/.json/.csv/.txt file or hf:NAME")
     _prompt_args(p, limit=64)
     p.add_argument("-M", "--m", type=int, default=16, help="samples per prompt; every N <= M is estimated from them")
@@ -143,12 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "passes per sample)")
     p.set_defaults(run=_eval)
 
-    p = sub.add_parser("decode", help="N candidates per prompt, scored and selected (bon/won/soft_bon); JSONL out")
+    p = sub.add_parser("decode", help="N candidates per prompt, scored and selected (bon/won/soft_bon/maj); JSONL out")
     p.add_argument("model", help="run dir (uses OUTPUT/final and its criteria), model dir, built-in or hub id")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
     p.add_argument("--prompts", default=None, metavar="SOURCE", help="'builtin', a .jsonl/.json/.csv/.txt file or hf:NAME")
     _prompt_args(p, limit=None)
-    p.add_argument("--algorithm", default="bon:4", help="sampling, bon:N, won:N or soft_bon:N:TAU")
+    p.add_argument("--algorithm", default="bon:4", help="sampling, bon:N, won:N, soft_bon:N:TAU or maj:N (majority vote on answers)")
     p.add_argument("--reward", action="append", default=[], metavar="NAME=SPEC",
                    help="default: the run's (or --config's) criteria")
     p.add_argument("--config", default=None, help="YAML or run dir with criteria and generation settings")

@@ -1,5 +1,6 @@
-"""The training config: one flat dataclass, read from YAML, overridden from the command line, validated before
-any model loads. Keys that are not ours but are fields of TRL's GRPOConfig pass through to it unchanged."""
+"""The training config: one flat dataclass, read from YAML (a config file or a finished run), overridden from the
+command line, validated before any model loads. Keys that are not ours but are fields of TRL's GRPOConfig pass
+through to it unchanged."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .objective import Criterion, Objective, parse_criteria
 
 
 class ConfigError(ValueError):
@@ -28,8 +31,9 @@ class TrainConfig:
     prompt_column: str = "prompt"
     prompt_split: str = "train"
     max_prompts: int | None = None
-    # the objective: criteria [{name, reward, algorithm, weight, calibrated, transform}] and how to combine them
-    criteria: list = field(default_factory=lambda: [{"name": "length", "reward": "length:16:64", "algorithm": "bon:4"}])
+    # the objective: criteria (Criterion; in YAML {name, reward, algorithm, weight, calibrated, transform}) and how
+    # to combine them
+    criteria: list = field(default_factory=lambda: [Criterion("length", "bon:4", reward="length:16:64")])
     aggregator: str = "sum"  # sum | min | smoothmin
     gamma: float = 1.0  # smoothmin sharpness
     estimator: str = "unbiased"  # unbiased | plugin
@@ -53,9 +57,15 @@ class TrainConfig:
     # anything else for TRL's GRPOConfig (learning_rate, max_completion_length, use_vllm, ...)
     trl: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        try:  # criteria as YAML gives them (mappings) become Criterion here, checked once
+            self.criteria = parse_criteria(self.criteria)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
     @property
     def criteria_names(self) -> list[str]:
-        return [c["name"] for c in self.criteria]
+        return [c.name for c in self.criteria]
 
 
 OURS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -113,19 +123,43 @@ def apply_override(raw: dict, path: list[str], value) -> None:
         node[last] = value
 
 
-def load_config(path=None, overrides=(), **kwargs) -> TrainConfig:
+def _read_yaml(path: Path, what: str):
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def run_config_file(path) -> Path | None:
+    """The config a training run saved: OUTPUT/final/iama_config.yaml, OUTPUT/config.yaml, iama_config.yaml in a
+    final/ folder itself (a checkpoint folder reads its run's config.yaml). None when `path` holds none."""
+    p = Path(path).expanduser()
+    for candidate in (p / "final" / "iama_config.yaml", p / "iama_config.yaml", p / "config.yaml",
+                      p.parent / "config.yaml" if p.name.startswith("checkpoint-") else None):
+        if candidate is not None and candidate.is_file():
+            data = _read_yaml(candidate, f"{candidate.name} of {str(path)!r}")
+            if isinstance(data, dict) and "criteria" in data:  # not some other tool's config.yaml
+                return candidate
+    return None
+
+
+def load_config(path=None, overrides=(), *, check_model: bool = True, **kwargs) -> TrainConfig:
     """Read YAML (or none), apply KEY=VALUE overrides and keyword arguments, validate the structure.
 
-    Top-level keys that are TRL GRPOConfig fields are moved into `trl`; unknown keys are an error."""
+    path: a config file, or a training run's directory (the config it saved; see run_config_file), so that a run
+    written by any version reads as what it means. check_model=False skips checking that `model` is available
+    (a finished run is evaluated from its final/ folder). Top-level keys that are TRL GRPOConfig fields are moved
+    into `trl`; unknown keys are an error."""
     raw: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
+        p = Path(path).expanduser()
+        if p.is_dir():
+            p = run_config_file(p)
+            if p is None:
+                raise ConfigError(f"config {str(path)!r}: a directory without iama_config.yaml or config.yaml")
+        elif not p.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raw = _read_yaml(p, f"config file {str(path)!r}") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     for text in overrides:
@@ -153,30 +187,13 @@ def load_config(path=None, overrides=(), **kwargs) -> TrainConfig:
     _check_types(raw, ours, "")
     _check_types(trl, grpo, "TRL GRPOConfig field ")
     cfg = TrainConfig(**raw, trl=trl)
-    validate(cfg)
+    validate(cfg, check_model=check_model)
     return cfg
 
 
 def validate(cfg: TrainConfig, check_model: bool = True) -> None:
-    """Everything that can be checked without loading a model: fails with one clear line (ConfigError)."""
-    from .algorithms import parse_algorithm
-
-    if not isinstance(cfg.criteria, list) or not cfg.criteria:
-        raise ConfigError("criteria must be a non-empty list of {name, reward, algorithm, weight}")
-    allowed = {"name", "reward", "algorithm", "weight", "calibrated", "transform"}
-    for i, c in enumerate(cfg.criteria):
-        if not isinstance(c, dict) or "name" not in c or "reward" not in c:
-            raise ConfigError(f"criterion {i} must be a mapping with at least 'name' and 'reward'")
-        extra = sorted(set(c) - allowed)
-        if extra:
-            raise ConfigError(f"criterion {c['name']!r}: unknown key(s) {', '.join(extra)}; allowed: {sorted(allowed)}")
-        try:
-            parse_algorithm(c.get("algorithm", "sampling"))
-            float(c.get("weight", 1.0))
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"criterion {c['name']!r}: {e}") from None
-        if c.get("transform") and not c.get("calibrated"):
-            raise ConfigError(f"criterion {c['name']!r}: a transform applies to calibrated rewards; set calibrated: true")
+    """Everything that can be checked without loading a model: fails with one clear line (ConfigError). The
+    criteria themselves were checked when the config was made (parse_criteria)."""
     objective = build_objective(cfg)
     if cfg.num_generations < 2:
         raise ConfigError(f"num_generations (the group size M) must be at least 2, got {cfg.num_generations}")
@@ -199,22 +216,21 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in ref)):
         raise ConfigError(f"sweep_reference must be a list of {len(cfg.criteria)} numbers (one per criterion), "
                           f"got {ref!r}")
-    if any(c.get("calibrated") for c in cfg.criteria) and not cfg.calibration:
+    if any(c.calibrated for c in cfg.criteria) and not cfg.calibration:
         raise ConfigError("calibrated criteria need `calibration:` (a store written by `iama calibrate`)")
     from .rewards import check_reward
 
     for c in cfg.criteria:
+        if c.reward is None:
+            raise ConfigError(f"criterion {c.name!r} needs a reward")
         try:
-            check_reward(c["reward"])
+            check_reward(c.reward)
         except ValueError as e:
-            raise ConfigError(f"criterion {c['name']!r}: {e}") from None
-        if c.get("calibrated"):
-            from .transforms import parse_transform
-
-            try:
-                parse_transform(c.get("transform") or "identity")
-            except ValueError as e:
-                raise ConfigError(f"criterion {c['name']!r}: {e}") from None
+            raise ConfigError(f"criterion {c.name!r}: {e}") from None
+    try:
+        check_voting(cfg.criteria)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     grpo_config(cfg)  # TRL's own checks (batch sizes, field types) before any model loads
     if check_model:
         from .models import check_model as _check_model
@@ -242,7 +258,7 @@ def grpo_config(cfg: TrainConfig):
         fields = {f.name for f in dataclasses.fields(GRPOConfig)}
         defaults["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
     kwargs = {**defaults, **cfg.trl}
-    kwargs["reward_weights"] = [float(c.get("weight", 1.0)) for c in cfg.criteria]  # TRL logs its weighted reward
+    kwargs["reward_weights"] = [c.weight for c in cfg.criteria]  # TRL logs its weighted reward
     for key in ("num_generations", "beta", "max_steps", "seed", "output_dir", "scale_rewards"):
         kwargs[key] = getattr(cfg, key)
     try:
@@ -251,13 +267,9 @@ def grpo_config(cfg: TrainConfig):
         raise ConfigError(f"TRL's GRPOConfig refused the config: {str(e).splitlines()[0]}") from None
 
 
-def build_objective(cfg: TrainConfig):
-    from .objective import Criterion, Objective
-
+def build_objective(cfg: TrainConfig) -> Objective:
     try:
-        criteria = [Criterion(c["name"], c.get("algorithm", "sampling"), float(c.get("weight", 1.0)), c["reward"])
-                    for c in cfg.criteria]
-        return Objective(criteria, aggregator=cfg.aggregator, gamma=cfg.gamma, estimator=cfg.estimator,
+        return Objective(cfg.criteria, aggregator=cfg.aggregator, gamma=cfg.gamma, estimator=cfg.estimator,
                          baseline=cfg.baseline, scale_rewards=cfg.scale_rewards)
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -270,4 +282,19 @@ def grpo_overrides(cfg: TrainConfig) -> list[str]:
 
 
 def to_dict(cfg: TrainConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain values (criteria as mappings) for YAML: what load_config reads back as the same config."""
+    out = dataclasses.asdict(cfg)
+    out["criteria"] = [c.to_dict() for c in cfg.criteria]
+    return out
+
+
+def check_voting(criteria) -> None:
+    """A criterion decoded or evaluated with a voting algorithm (maj:N) needs a reward that gives answers: one
+    line naming it otherwise, before any model loads."""
+    from .rewards import reward_gives_answers, spec_text
+
+    for c in parse_criteria(criteria):
+        if c.algorithm.needs_answers and not reward_gives_answers(c.reward):
+            raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec}, which votes on answers, but its reward "
+                             f"{spec_text(c.reward)!r} gives none; use a reward with an `answers(completions)` "
+                             "method, such as 'answer'")

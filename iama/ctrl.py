@@ -545,13 +545,12 @@ def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bo
     """`iama calibrate`: for every training prompt of `cfg`, K samples from its model (the reference policy),
     scored by each calibrated criterion's reward and kept in the store at cfg.calibration. Prompts are keyed as
     the trainer will see them (conversations for a chat model), lengths count the EOS as TRL does. Resumable."""
-    from .config import to_dict
     from .data import as_conversation, load_prompts
     from .decode import GenerationSettings, HFBackend
     from .models import resolve_model
     from .rewards import build_reward
 
-    criteria = [c for c in cfg.criteria if c.get("calibrated")]
+    criteria = [c for c in cfg.criteria if c.calibrated]
     if not criteria:
         raise ValueError("no criterion has calibrated: true; there is nothing to calibrate")
     if not cfg.calibration:
@@ -559,8 +558,8 @@ def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bo
     backend = HFBackend(resolve_model(cfg.model))
     prompts = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.max_prompts)
     prompts = as_conversation(prompts, backend.tokenizer)
-    settings = GenerationSettings.from_run_config(to_dict(cfg))
-    rewards = {c["name"]: build_reward(c["reward"], tokenizer=backend.tokenizer) for c in criteria}
+    settings = GenerationSettings.from_run_config(cfg)
+    rewards = {c.name: build_reward(c.reward, tokenizer=backend.tokenizer) for c in criteria}
     done = iter(range(10**9))
 
     def sample(batch, n):

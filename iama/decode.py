@@ -5,10 +5,16 @@ and one score per criterion; it is stored as JSONL, one line per prompt, in the 
 decode output is `iama eval` input and eval's saved pools can be re-read without sampling (docs/report.md):
 
     {"prompt": "...", "model": "LABEL",
-     "candidates": [{"text": "...", "num_tokens": 12, "finished": true, "scores": {"short": -0.01, ...}}, ...],
+     "candidates": [{"text": "...", "num_tokens": 12, "finished": true, "scores": {"short": -0.01, ...},
+                     "answers": {"correct": "12"}}, ...],     <- answers: only for rewards that give them
      "settings": {"m": 16, "seed": 0, "max_new_tokens": 64, "temperature": 1.0, ...},
      "criteria": [{"name": "short", "reward": "length:8:32", "algorithm": "bon:4", "weight": 0.5}, ...],
      "algorithm": "bon:4", "select_by": "short", "selected": 2}        <- decode only
+
+The prompts' other columns (a prompt file's extra fields, e.g. the reference `answer`) reach the rewards as
+keyword arguments with one value per completion, as TRL passes dataset columns; a reward with an
+`answers(completions)` method (the `answer` reward) also gives each candidate's answer key, which majority
+voting (maj:N) selects by.
 
 Generation matches TRL's GRPOTrainer, so that what is evaluated or deployed is the distribution that was
 trained: a fresh GenerationConfig (do_sample, temperature, top_p, top_k=0 i.e. off, min_p, repetition_penalty;
@@ -28,10 +34,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .algorithms import Algorithm, Tilted, parse_algorithm
+from .config import TrainConfig, check_voting, load_config, run_config_file
 from .data import prompt_key
+from .objective import Criterion, parse_criteria
+from .rewards import answers_method, reward_column, reward_gives_answers, spec_text
 from .utils import atomic_write_text
 
 BACKENDS = ("hf", "vllm")
@@ -65,10 +73,9 @@ class GenerationSettings:
         self.temperature, self.top_p = float(self.temperature), float(self.top_p)
 
     @classmethod
-    def from_run_config(cls, config: dict | None, **overrides) -> GenerationSettings:
-        """Settings from a training run's config (its TRL fields), then the non-None overrides."""
-        config = config or {}
-        trl = {**config, **(config.get("trl") or {})}  # a saved run has them under trl, a YAML at the top level
+    def from_run_config(cls, config: TrainConfig | None, **overrides) -> GenerationSettings:
+        """Settings from a training config's TRL fields (what the run sampled with), then the non-None overrides."""
+        trl = config.trl if config is not None else {}
         values = {}
         for ours, theirs in [("max_new_tokens", "max_completion_length"), ("temperature", "temperature"),
                              ("top_p", "top_p"), ("top_k", "top_k"), ("min_p", "min_p"),
@@ -199,60 +206,6 @@ def make_backend(model, backend: str = "hf", *, dtype=None, device=None, batch_s
 # criteria, models and run directories
 
 
-def read_run_config(path) -> dict | None:
-    """The config of a training run: OUTPUT/final/iama_config.yaml, OUTPUT/config.yaml, or iama_config.yaml in
-    a final/ folder itself (a checkpoint folder reads its run's config.yaml). None when there is none."""
-    p = Path(path).expanduser()
-    for candidate in (p / "final" / "iama_config.yaml", p / "iama_config.yaml", p / "config.yaml",
-                      p.parent / "config.yaml" if p.name.startswith("checkpoint-") else None):
-        if candidate is not None and candidate.is_file():
-            try:
-                data = yaml.safe_load(candidate.read_text())
-            except yaml.YAMLError as e:
-                raise ValueError(f"{candidate.name} of {str(path)!r} is not valid YAML: "
-                                 f"{str(e).splitlines()[0]}") from None
-            if isinstance(data, dict) and "criteria" in data:
-                return data
-    return None
-
-
-def load_config_file(path) -> dict:
-    """A YAML with `criteria` (and optionally aggregator, gamma, trl): a training config or a run directory."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        config = read_run_config(p)
-        if config is None:
-            raise ValueError(f"config {str(path)!r}: a directory without iama_config.yaml or config.yaml")
-        return config
-    if not p.is_file():
-        raise ValueError(f"config {str(path)!r} not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"config {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict) or not data.get("criteria"):
-        raise ValueError(f"config {str(path)!r} has no `criteria:` list")
-    return data
-
-
-def normalise_criteria(criteria) -> list[dict]:
-    """[{name, reward, algorithm, weight}]: from a list of dicts (a run's config), or {name: reward_spec}.
-    Calibration keys are dropped: evaluation and deployment score the raw reward."""
-    if isinstance(criteria, dict):
-        criteria = [{"name": k, "reward": v} for k, v in criteria.items()]
-    out = []
-    for i, c in enumerate(criteria or []):
-        if not isinstance(c, dict) or "name" not in c or "reward" not in c:
-            raise ValueError(f"criterion {i} must be a mapping with at least 'name' and 'reward'")
-        alg = parse_algorithm(c.get("algorithm", "sampling"))
-        weight = float(c.get("weight", 1.0))
-        out.append({"name": str(c["name"]), "reward": c["reward"], "algorithm": alg.spec, "weight": weight})
-    names = [c["name"] for c in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"criterion names must be unique, got {names}")
-    return out
-
-
 def parse_reward_args(items) -> dict:
     """['short=length:8:32', 'sentiment'] -> {'short': 'length:8:32', 'sentiment': 'sentiment'}."""
     out = {}
@@ -271,7 +224,7 @@ def parse_reward_args(items) -> dict:
 class ModelSpec:
     label: str
     model: str  # what to load: a directory, a built-in name or a hub id
-    config: dict | None  # the training run's config, when the argument is a run
+    config: TrainConfig | None  # the training run's config, when the argument is a run
 
 
 def parse_model_arg(arg) -> ModelSpec:
@@ -285,7 +238,7 @@ def parse_model_arg(arg) -> ModelSpec:
     p = Path(text).expanduser()
     config = None
     if p.is_dir():
-        config = read_run_config(p)
+        config = load_config(p, check_model=False) if run_config_file(p) else None
         if (p / "final").is_dir():
             model = str(p / "final")
         elif (p / "config.json").is_file():
@@ -303,33 +256,85 @@ def parse_model_arg(arg) -> ModelSpec:
 
 
 def build_rewards(criteria, tokenizer=None) -> dict:
-    """{name: TRL-style reward function} for normalised criteria."""
+    """{name: TRL-style reward function} of each criterion's raw reward (criteria as parse_criteria takes them)."""
     from .rewards import build_reward
 
-    return {c["name"]: build_reward(c["reward"], tokenizer=tokenizer) for c in criteria}
+    return {c.name: build_reward(c.reward, tokenizer=tokenizer) for c in parse_criteria(criteria)}
 
 
-def _spec_text(spec):
-    if isinstance(spec, (str, int, float)) or spec is None:
-        return spec
-    if isinstance(spec, dict):
-        return {k: _spec_text(v) for k, v in spec.items()}
-    return getattr(spec, "__name__", repr(spec))
+def check_prompt_columns(criteria, prompts, source=None) -> None:
+    """Every prompt column a criterion's reward reads (the `answer` reward's reference) must be in `prompts`
+    (iama.data.Prompts.columns), with a value for every prompt: one line naming the column and the source."""
+    from .data import require_column
+
+    source = source or getattr(prompts, "source", None) or "the prompts given"
+    for c in parse_criteria(criteria):
+        column = reward_column(c.reward)
+        if column is not None:
+            require_column(prompts, column, source)
 
 
-def score_candidates(prompts, samples, rewards: dict, chat: bool) -> None:
-    """Add `scores` {criterion: float} to every candidate; one call per reward for the whole batch.
-    A reward that gives NaN, None or inf raises ValueError naming the reward."""
+def answer_key_json(key):
+    """An answer key as stored in a pool: None, strings, booleans, integers and finite floats as they are,
+    anything else (a tuple, a sympy object) as its str(). Keys only need equality, which this keeps."""
+    if key is None or isinstance(key, (str, bool, int)):
+        return key
+    if isinstance(key, float) and math.isfinite(key):
+        return key
+    if isinstance(key, np.generic):
+        return answer_key_json(key.item())
+    return str(key)
+
+
+def answer_key_read(value):
+    """A stored answer key back as a hashable one (a JSON list, written by another tool, as a tuple)."""
+    if isinstance(value, list):
+        return tuple(answer_key_read(v) for v in value)
+    return value
+
+
+def _reward_kwargs(fn, columns: dict) -> dict:
+    """The columns TRL would pass to `fn` as keyword arguments: all of them, or, for a function that takes no
+    **kwargs, the ones it names (TRL would fail on the others; evaluation stays lenient)."""
+    import inspect
+
+    if not columns:
+        return {}
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return dict(columns)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return dict(columns)
+    names = {p.name for p in params}
+    return {k: v for k, v in columns.items() if k in names}
+
+
+def _completions_in(prompts, candidates, chat: bool):
+    """(prompts, completions) as TRL gives them to rewards: conversations with a chat template, else strings."""
+    if chat:
+        return [_conversation(p) for p in prompts], [[{"role": "assistant", "content": c["text"]}] for c in candidates]
+    return list(prompts), [c["text"] for c in candidates]
+
+
+def score_candidates(prompts, samples, rewards: dict, chat: bool, columns: dict | None = None) -> None:
+    """Add `scores` {criterion: float} to every candidate; one call per reward for the whole batch. A reward
+    gets the prompts' other columns (`columns`: {name: one value per prompt}, e.g. the `answer` reward's
+    reference) as keyword arguments holding one value per completion, as TRL passes dataset columns. A reward
+    with an `answers` method (answers_method) also gives each candidate's answer key, stored as `answers`
+    {criterion: key} (answer_key_json). A reward that gives NaN, None or inf raises ValueError naming the reward."""
     flat_prompts = [p for p, cands in zip(prompts, samples) for _ in cands]
     flat = [c for cands in samples for c in cands]
-    if chat:
-        prompts_in = [_conversation(p) for p in flat_prompts]
-        completions = [[{"role": "assistant", "content": c["text"]}] for c in flat]
-    else:
-        prompts_in, completions = flat_prompts, [c["text"] for c in flat]
+    prompts_in, completions = _completions_in(flat_prompts, flat, chat)
+    per_completion = {}
+    for name, values in (columns or {}).items():
+        if len(values) != len(prompts):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(prompts)} prompts")
+        per_completion[name] = [v for v, cands in zip(values, samples) for _ in cands]
     ids = [c["ids"] for c in flat]
     for name, fn in rewards.items():
-        values = list(fn(prompts=prompts_in, completions=completions, completion_ids=ids))
+        values = list(fn(prompts=prompts_in, completions=completions, completion_ids=ids,
+                         **_reward_kwargs(fn, per_completion)))
         if len(values) != len(flat):
             raise ValueError(f"reward {name!r} returned {len(values)} values for {len(flat)} completions")
         for c, v in zip(flat, values):
@@ -338,6 +343,39 @@ def score_candidates(prompts, samples, rewards: dict, chat: bool) -> None:
                 raise ValueError(f"reward {name!r} returned {v} for the completion {c['text'][:60]!r}; "
                                  "evaluation needs a finite score for every candidate")
             c.setdefault("scores", {})[name] = v
+        answers_of = answers_method(fn)
+        if answers_of is not None:
+            keys = list(answers_of(completions))
+            if len(keys) != len(flat):
+                raise ValueError(f"reward {name!r} gave {len(keys)} answers for {len(flat)} completions")
+            for c, k in zip(flat, keys):
+                c.setdefault("answers", {})[name] = answer_key_json(k)
+
+
+def fill_answers(records, criteria, rewards: dict | None = None) -> set:
+    """Add the missing answer keys of pool records (a pool written before answers were stored, or by another
+    tool) from the candidates' texts, for every criterion whose reward gives answers: `rewards` ({name: built
+    function}) or built from the criteria's specs (the `answer` reward loads nothing). Returns the names of the
+    criteria every candidate now has an answer for."""
+    from .rewards import build_reward
+
+    have = set()
+    for c in parse_criteria(criteria):
+        missing = [r for r in records if any(c.name not in (x.get("answers") or {}) for x in r["candidates"])]
+        if missing:
+            fn = (rewards or {}).get(c.name)
+            if fn is None and reward_gives_answers(c.reward):
+                fn = build_reward(c.reward)
+            answers_of = answers_method(fn) if fn is not None else None
+            if answers_of is None:
+                continue
+            for r in missing:
+                chat = bool((r.get("settings") or {}).get("chat_template"))
+                _, completions = _completions_in([r["prompt"]] * len(r["candidates"]), r["candidates"], chat)
+                for x, k in zip(r["candidates"], answers_of(completions)):
+                    x.setdefault("answers", {})[c.name] = answer_key_json(k)
+        have.add(c.name)
+    return have
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -368,9 +406,12 @@ def chunk_seed(seed: int, label: str, start: int) -> int:
 def _record(prompt, label, candidates, settings: dict, criteria, objective=None) -> dict:
     r = {"prompt": prompt, "model": label,
          "candidates": [{"text": c["text"], "num_tokens": c["num_tokens"], "finished": c["finished"],
-                         "scores": c["scores"], **({"ids": c["ids"]} if "ids" in c else {})} for c in candidates],
+                         "scores": c["scores"], **({"answers": c["answers"]} if "answers" in c else {}),
+                         **({"ids": c["ids"]} if "ids" in c else {})} for c in candidates],
          "settings": settings,
-         "criteria": [{**c, "reward": _spec_text(c["reward"])} for c in criteria]}
+         # the scores are the raw rewards: no calibration keys, whatever the criteria were trained with
+         "criteria": [{"name": c.name, "reward": spec_text(c.reward), "algorithm": c.algorithm.spec,
+                       "weight": c.weight} for c in criteria]}
     if objective:
         r["objective"] = dict(objective)
     return r
@@ -415,11 +456,28 @@ def read_pool(path) -> list[dict]:
                     raise ValueError(f"{where}: candidate {j} has a non-finite score {v!r} for {k!r}")
             if "num_tokens" in c and (not isinstance(c["num_tokens"], int) or c["num_tokens"] < 0):
                 raise ValueError(f"{where}: candidate {j} has an invalid num_tokens {c['num_tokens']!r}")
+            answers = c.get("answers")
+            if answers is not None:
+                if not isinstance(answers, dict):
+                    raise ValueError(f"{where}: candidate {j} has 'answers' that is not a mapping of criteria to "
+                                     "answer keys")
+                for k, v in answers.items():
+                    if k not in scores:
+                        raise ValueError(f"{where}: candidate {j} has an answer for {k!r}, which it has no score for")
+                    if not _json_key(v):
+                        raise ValueError(f"{where}: candidate {j} has an answer for {k!r} that is not a string, "
+                                         f"number, list or null: {v!r}")
         r.setdefault("model", p.stem)
         records.append(r)
     if not records:
         raise ValueError(f"pool {str(path)!r} is empty")
     return records
+
+
+def _json_key(v) -> bool:
+    if isinstance(v, list):
+        return all(_json_key(x) for x in v)
+    return v is None or isinstance(v, (str, int, float, bool))
 
 
 def sample_pool(backend, prompts, criteria, rewards: dict, *, m: int, settings: GenerationSettings, seed: int = 0,
@@ -430,16 +488,18 @@ def sample_pool(backend, prompts, criteria, rewards: dict, *, m: int, settings: 
     With `path`, the file is rewritten atomically after every chunk, and (with resume) prompts already in it
     are not sampled again: a killed run continues where it stopped. A file drawn with other settings (M,
     generation, seed, criteria's rewards) is refused rather than mixed. `objective` ({aggregator, gamma}) is
-    saved with the records, so that a report can be remade from the pool alone."""
+    saved with the records, so that a report can be remade from the pool alone. The prompts' other columns
+    (iama.data.Prompts.columns, e.g. a reference `answer`) reach the rewards as TRL passes them (score_candidates);
+    a reward with an `answers` method also stores each candidate's answer key."""
     if int(m) != m or m < 1:
         raise ValueError(f"M (samples per prompt) must be a positive integer, got {m!r}")
-    m = int(m)
+    m, criteria = int(m), parse_criteria(criteria)
     setting = {"m": m, "seed": int(seed), **asdict(settings), "backend": backend.name,
                "chat_template": bool(backend.chat)}
     if model_arg is not None:
         setting["model"] = str(model_arg)
         setting["model_fingerprint"] = model_fingerprint(model_arg)
-    reward_specs = {c["name"]: _spec_text(c["reward"]) for c in criteria}
+    reward_specs = {c.name: spec_text(c.reward) for c in criteria}
     done: dict[str, dict] = {}
     kept: list[dict] = []
     others: list[dict] = []  # other models' lines in the same file are kept as they are
@@ -459,12 +519,15 @@ def sample_pool(backend, prompts, criteria, rewards: dict, *, m: int, settings: 
                                  "another output folder")
             done[prompt_key(r["prompt"])] = r
             kept.append(r)
-    unique, seen = [], set()
-    for p in prompts:
+        fill_answers(kept, criteria, rewards)  # a pool written before answers were stored gets them from its texts
+    columns = getattr(prompts, "columns", None) or {}
+    unique, seen, origin = [], set(), []
+    for j, p in enumerate(prompts):
         key = prompt_key(p)
         if key not in seen:
             seen.add(key)
             unique.append((len(unique), p))
+            origin.append(j)  # where its columns are
     todo = [(i, p) for i, p in unique if prompt_key(p) not in done]
     per_call = max(1, backend.batch_size // m)
     bar = None
@@ -478,7 +541,8 @@ def sample_pool(backend, prompts, criteria, rewards: dict, *, m: int, settings: 
         chunk = todo[start:start + per_call]
         batch = [p for _, p in chunk]
         samples = backend.generate(batch, m, settings, chunk_seed(seed, label, chunk[0][0]))
-        score_candidates(batch, samples, rewards, backend.chat)
+        score_candidates(batch, samples, rewards, backend.chat,
+                         {name: [values[origin[i]] for i, _ in chunk] for name, values in columns.items()})
         for p, cands in zip(batch, samples):
             r = _record(p, label, cands, setting, criteria, objective)
             done[prompt_key(p)] = r
@@ -499,10 +563,19 @@ def sample_pool(backend, prompts, criteria, rewards: dict, *, m: int, settings: 
 
 
 def collect_prompts(prompts=(), source=None, *, column: str = "prompt", split: str = "train", limit=None,
-                    offset: int = 0) -> list:
+                    offset: int = 0):
     """The prompts given as arguments, then `limit` prompts of `source` (iama.data.load_prompts: 'builtin', a
-    file, 'hf:NAME') after skipping `offset` of them (e.g. the ones a run trained on)."""
-    out = [p for p in (prompts or ()) if str(p).strip()]
+    file, 'hf:NAME') after skipping `offset` of them (e.g. the ones a run trained on). An iama.data.Prompts: the
+    source's other columns come along (None for the prompts given as arguments), and `.source` says where the
+    prompts came from (for error messages such as a missing reference column)."""
+    from .data import Prompts
+
+    given = [p for p in (prompts or ()) if str(p).strip()]
+    given_columns = getattr(prompts, "columns", None) or {}
+    if given_columns:  # a Prompts given: keep the columns of the prompts kept
+        kept = [j for j, p in enumerate(prompts) if str(p).strip()]
+        given_columns = {k: [v[j] for j in kept] for k, v in given_columns.items()}
+    loaded = Prompts()
     if source is not None:
         from .data import load_prompts
 
@@ -514,9 +587,14 @@ def collect_prompts(prompts=(), source=None, *, column: str = "prompt", split: s
                               limit=None if limit is None else int(offset) + int(limit))[int(offset):]
         if not loaded:
             raise ValueError(f"prompts {source!r}: none left after skipping {offset}")
-        out += loaded
-    if not out:
+    if not given and not loaded:
         raise ValueError("no prompts: give prompts as arguments or a prompt source (a file, 'builtin', 'hf:NAME')")
+    names = list(dict.fromkeys([*given_columns, *loaded.columns]))
+    out = Prompts(given + list(loaded), {
+        name: list(given_columns.get(name, [None] * len(given))) + list(loaded.columns.get(name, [None] * len(loaded)))
+        for name in names})
+    out.source = (getattr(prompts, "source", None) or "the prompts given") if source is None else (
+        str(source) if not given else f"the prompts given and {source}")
     return out
 
 
@@ -534,46 +612,65 @@ def decode(prompts, model, rewards=None, *, algorithm="bon:4", select_by: str | 
     """Generate N candidates per prompt (N of `algorithm`), score them, select one; return the records and,
     with `out`, write them as JSONL (the pool format plus algorithm, select_by, selected, response).
 
+    prompts: strings, or an iama.data.Prompts (collect_prompts) whose columns reach the rewards (the `answer`
+    reward's reference: a missing column is one line naming it and the prompts' source).
     model:   a run directory, model directory, built-in name or hub id (or LABEL=PATH).
     rewards: {name: spec} or ['name=spec', ...]; default: the criteria of `config` or of the run.
-    algorithm: sampling, bon:N, won:N or soft_bon:N:TAU. select_by: the criterion to select by (default the
+    algorithm: sampling, bon:N, won:N, soft_bon:N:TAU or maj:N (majority vote over the answers that the
+    `select_by` criterion's reward gives, e.g. 'answer'). select_by: the criterion to select by (default the
     first). Generation settings default to the run's (its TRL fields), else GenerationSettings' defaults.
-    Selection is seeded (soft_bon draws); ties go to the first candidate for bon/won. A repeated prompt is
-    decoded once."""
+    Selection is seeded (soft_bon draws, maj's ties); ties go to the first candidate for bon/won. A repeated
+    prompt is decoded once. Under maj:N a criterion whose reward gives no answers is saved with `sampling` (it is
+    not voted on), so that `iama eval --pool` reads the file."""
     if isinstance(prompts, str):
         prompts = [prompts]
-    prompts = list(prompts)
+    source = getattr(prompts, "source", None)
+    columns = getattr(prompts, "columns", None) or {}
+    if columns:
+        from .data import Prompts
+
+        prompts = Prompts(prompts, columns)
+    else:
+        prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to decode")
     alg = check_decode_algorithm(algorithm)
     spec = parse_model_arg(model)
-    run_config = load_config_file(config) if config is not None else spec.config
+    run_config = load_config(config, check_model=False) if config is not None else spec.config
     if rewards:
         reward_map = rewards if isinstance(rewards, dict) else parse_reward_args(rewards)
-        criteria = normalise_criteria(reward_map)
+        criteria = parse_criteria([{"name": k, "reward": v} for k, v in reward_map.items()])
     elif run_config is not None:
-        criteria = normalise_criteria(run_config["criteria"])
+        criteria = run_config.criteria
     else:
         raise ValueError("no rewards to select by: pass rewards (NAME=SPEC) or a config / run with criteria")
-    for c in criteria:  # what the saved pool is evaluated under by `iama eval --pool`: the deployed algorithm
-        c["algorithm"] = alg.spec
-    names = [c["name"] for c in criteria]
+    names = [c.name for c in criteria]
     select_by = select_by or names[0]
     if select_by not in names:
         raise ValueError(f"select_by {select_by!r} is not a criterion; choose one of {names}")
-    settings = GenerationSettings.from_run_config(run_config, max_new_tokens=max_new_tokens,
-                                                  temperature=temperature, top_p=top_p, top_k=top_k)
     from .rewards import check_reward
 
     for c in criteria:
-        check_reward(c["reward"])
+        check_reward(c.reward)
+    # what the saved pool is evaluated under by `iama eval --pool`: the deployed algorithm (maj only where the
+    # reward gives answers to vote on; the criterion selected by must)
+    criteria = [Criterion(c.name, alg if not alg.needs_answers or c.name == select_by or
+                          reward_gives_answers(c.reward) else "sampling", c.weight, c.reward) for c in criteria]
+    check_voting(criteria)
+    check_prompt_columns(criteria, prompts, source)
+    settings = GenerationSettings.from_run_config(run_config, max_new_tokens=max_new_tokens,
+                                                  temperature=temperature, top_p=top_p, top_k=top_k)
     gen = make_backend(spec.model, backend, dtype=dtype, device=device, batch_size=batch_size, seed=seed)
     reward_fns = build_rewards(criteria, gen.tokenizer)
     name = label or spec.label
     records = sample_pool(gen, prompts, criteria, reward_fns, m=alg.n, settings=settings, seed=seed, label=name,
                           path=None, progress=progress, model_arg=model)
     scores = np.array([[c["scores"][select_by] for c in r["candidates"]] for r in records])
-    chosen = alg.select(scores, generator=seed)
+    if alg.needs_answers:
+        answers = [[answer_key_read(c["answers"][select_by]) for c in r["candidates"]] for r in records]
+        chosen = alg.select(scores, generator=seed, answers=answers)
+    else:
+        chosen = alg.select(scores, generator=seed)
     for r, k in zip(records, np.atleast_1d(chosen)):
         r.update(algorithm=alg.spec, select_by=select_by, selected=int(k), response=r["candidates"][int(k)]["text"])
     if out is not None:

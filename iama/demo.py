@@ -148,6 +148,7 @@ def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=N
         [f"untrained={cfg.model}", f"grpo={runs['grpo']}", f"iama={runs['iama']}"],
         config=configs / "length.yaml", reference="grpo", prompts=cfg.prompts, prompt_column=cfg.prompt_column,
         limit=eval_prompts, offset=trained_on, m=m, out=out, progress=progress,
+        dtype="bfloat16" if cfg.trl.get("bf16") and not torch.cuda.is_available() else None,
         command=_command(out, configs, model, steps, seed, eval_prompts, m),
     )
     for line in effective_statements(report):

@@ -10,9 +10,15 @@ interval is normal, mean +- z * SE over prompts; the objective g (possibly non-l
 effective N and anything else that is a function of several means use a percentile bootstrap over prompts
 (the same resampled prompts for every model, criterion and N, so paired comparisons stay paired).
 
+Majority voting (maj:N) selects by each sample's answer, which a reward with an `answers` method gives (the
+`answer` reward): pools store the answer keys, and a criterion with answers is evaluated under maj@N and under
+best-of-N (pass@N for a 0/1 reward) at every N <= M, by the same per-prompt U-statistics (MajorityVote counts
+votes instead of listing subsets).
+
 Also: cross-effects (select by criterion a with bon/won, measure criterion b, ties in a broken uniformly at
 random, which the estimator does exactly by averaging b over tied a), win rates against a reference model
-under bon:N and won:N (product of the two pools' unbiased distributions of the selected reward), Pareto fronts
+under bon:N and won:N (product of the two pools' unbiased distributions of the selected reward; for a 0/1
+reward with answers also maj:N), Pareto fronts
 across models per N, effective N (the budget the reference needs to match a model, interpolated linearly in
 log N), and token-length histograms. Report writing and plots are in iama/report.py; schema in docs/report.md.
 """
@@ -26,83 +32,32 @@ from pathlib import Path
 
 import numpy as np
 
-from .algorithms import BestOfN, Sampling, SoftBestOfN, Tilted, WorstOfN, max_weights, parse_algorithm
-from .decode import _spec_text
+from .algorithms import MajorityVote, OrderStatistic, SoftBestOfN, Tilted, answer_array, parse_algorithm
+from .config import check_voting
+from .decode import answer_key_read
 from .fronts import pareto_mask
-from .objective import Criterion, Objective
+from .objective import Criterion, Objective, parse_criteria
+from .rewards import reward_gives_answers, spec_text
 from .stats import bootstrap_weights, mean_ci, percentile_ci  # noqa: F401 (callers import them from here too)
 
 SCHEMA_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# algorithm families
+# algorithm families: a family is a spec without its N ('bon', 'soft_bon:0.1'), evaluated at every N from one pool
 
 
 def family_of(algorithm) -> str:
     """'bon:4' -> 'bon', 'won:2' -> 'won', 'sampling' -> 'sampling', 'soft_bon:4:0.1' -> 'soft_bon:0.1',
-    'tilted:0.1' -> 'tilted:0.1'. A bare family name is returned normalised."""
-    text = str(algorithm).strip().lower()
-    if text in ("bon", "won", "sampling"):
-        return text
-    if re.fullmatch(r"soft_bon:[^:]+", text):  # a family: soft_bon:TAU
-        tau = float(text.split(":")[1])
-        if not tau > 0:
-            raise ValueError(f"algorithm {algorithm!r}: the temperature must be positive")
-        return f"soft_bon:{tau:g}"
-    alg = parse_algorithm(algorithm)
-    if isinstance(alg, Sampling):
-        return "sampling"
-    if isinstance(alg, WorstOfN):
-        return "won"
-    if isinstance(alg, BestOfN):
-        return "bon"
-    if isinstance(alg, SoftBestOfN):
-        return f"soft_bon:{alg.temperature:g}"
-    return alg.spec  # tilted:TAU
+    'tilted:0.1' -> 'tilted:0.1'. A family is returned normalised."""
+    return parse_algorithm(algorithm, n=1).family
 
 
-def explicit_n(algorithm) -> int | None:
-    """The N written in an algorithm ('bon:8' -> 8), None for a bare family ('bon', 'soft_bon:0.1')."""
-    fam = family_of(algorithm)
-    text = str(algorithm).strip().lower()
-    if text == fam or fam.startswith("tilted"):
-        return None
-    return parse_algorithm(algorithm).n
-
-
-def algorithm_at(family: str, n: int):
-    """The algorithm of `family` with N = n (tilted ignores n)."""
-    name, _, arg = family.partition(":")
-    if name == "sampling":
-        return Sampling()
-    if name == "bon":
-        return BestOfN(n)
-    if name == "won":
-        return WorstOfN(n)
-    if name == "soft_bon":
-        return SoftBestOfN(n, float(arg))
-    if name == "tilted":
-        return Tilted(float(arg))
-    raise ValueError(f"unknown algorithm family {family!r}")
-
-
-def family_ns(family: str, m: int) -> list[int]:
-    """The N a family is evaluated at from a pool of M: sampling at 1, tilted at M (the pool), others 1..M."""
-    if family == "sampling":
-        return [1]
-    if family.startswith("tilted"):
-        return [m]
-    return list(range(1, m + 1))
-
-
-def increasing(family: str) -> bool | None:
-    """Whether the family's value grows with N (bon, soft_bon), falls (won), or does not depend on N."""
-    if family == "won":
-        return False
-    if family == "bon" or family.startswith("soft_bon"):
-        return True
-    return None
+def family_ns(family, m: int) -> list[int]:
+    """The N a family is evaluated at from a pool of M: 1..M where its value depends on N, else its own N
+    (sampling: 1) or the pool (tilted: M)."""
+    alg = parse_algorithm(family, n=1)
+    return list(range(1, m + 1)) if alg.increasing is not None else [alg.n or m]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,24 +81,25 @@ def _check_ns(ns, m):
     return ns
 
 
-def order_weights(m: int, ns, worst: bool = False) -> np.ndarray:
-    """(len(ns), M): P(the selected sample of a random N-subset is the i-th smallest of the M), for
-    best-of-N (the largest) or worst-of-N (the smallest)."""
-    w = np.stack([max_weights(m, n) for n in _check_ns(ns, m)])
-    return w[:, ::-1].copy() if worst else w
+def _order_statistic(family, what):
+    alg = parse_algorithm(family, n=1)
+    if isinstance(alg, OrderStatistic):  # their pool weights are what cross-effects and win rates need
+        return alg
+    raise ValueError(f"{what} are estimated for bon and won, not {family!r}")
 
 
-def value_estimates(rewards, family: str, ns=None, *, rng=None) -> np.ndarray:
-    """(P, len(ns)) per-prompt estimates of the value of `family` at each N from rewards (P, M)."""
+def value_estimates(rewards, family, ns=None, *, rng=None, answers=None) -> np.ndarray:
+    """(P, len(ns)) per-prompt estimates of the value of `family` at each N from rewards (P, M); `answers`
+    (P, M) hashable answer keys, None for no answer, for a family that votes on them (maj)."""
     r = _check_pool_array(rewards)
     m = r.shape[1]
     ns = family_ns(family, m) if ns is None else _check_ns(ns, m)
-    if family in ("bon", "won", "sampling"):
-        if family == "sampling" and any(n != 1 for n in ns):
-            raise ValueError("sampling is the N = 1 algorithm")
-        return np.sort(r, axis=1) @ order_weights(m, ns, worst=family == "won").T
-    rng = np.random.default_rng(rng)
-    return np.stack([algorithm_at(family, n).estimate_value(r, rng=rng) for n in ns], axis=1)
+    alg = parse_algorithm(family, n=1)
+    if alg.needs_answers:
+        if answers is None:
+            raise ValueError(f"{alg.family} votes on answers: pass answers=, one per sample")
+        return alg.estimate_values(r, ns, answers=answers)
+    return alg.estimate_values(r, ns, rng=rng)
 
 
 def tie_averaged(select, measure):
@@ -165,12 +121,11 @@ def cross_estimates(select, measure, family: str, ns=None) -> np.ndarray:
     a, b = _check_pool_array(select, "select rewards"), _check_pool_array(measure, "measured rewards")
     if a.shape != b.shape:
         raise ValueError(f"select and measure rewards must have the same shape; got {a.shape} and {b.shape}")
-    if family not in ("bon", "won", "sampling"):
-        raise ValueError(f"cross-effects are estimated for bon and won, not {family!r}")
+    alg = _order_statistic(family, "cross-effects")
     m = a.shape[1]
     ns = family_ns(family, m) if ns is None else _check_ns(ns, m)
     _, b_sorted = tie_averaged(a, b)
-    return b_sorted @ order_weights(m, ns, worst=family == "won").T
+    return b_sorted @ alg.pool_weights(m, ns).T
 
 
 def win_rate_estimates(model, reference, family: str, ns=None) -> np.ndarray:
@@ -180,14 +135,12 @@ def win_rate_estimates(model, reference, family: str, ns=None) -> np.ndarray:
     x, y = _check_pool_array(model, "model rewards"), _check_pool_array(reference, "reference rewards")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"win rates need the same prompts in both pools; got {x.shape[0]} and {y.shape[0]}")
-    if family not in ("bon", "won", "sampling"):
-        raise ValueError(f"win rates are estimated for bon and won, not {family!r}")
+    alg = _order_statistic(family, "win rates")
     mx, my = x.shape[1], y.shape[1]
     ns = family_ns(family, min(mx, my)) if ns is None else _check_ns(ns, min(mx, my))
     xs, ys = np.sort(x, axis=1), np.sort(y, axis=1)
     h = (xs[:, :, None] > ys[:, None, :]) + 0.5 * (xs[:, :, None] == ys[:, None, :])  # (P, Mx, My)
-    worst = family == "won"
-    wx, wy = order_weights(mx, ns, worst), order_weights(my, ns, worst)
+    wx, wy = alg.pool_weights(mx, ns), alg.pool_weights(my, ns)
     return np.einsum("ki,pij,kj->pk", wx, h, wy)
 
 
@@ -241,6 +194,8 @@ class Pool:
     num_tokens: np.ndarray | None  # (P, M) or None when the pool has no token counts
     criteria: list[str]
     records: list = field(default_factory=list, repr=False)
+    # {criterion: (P, M) object array of answer keys, None for no answer}, for criteria whose reward gives them
+    answers: dict = field(default_factory=dict, repr=False)
 
     @property
     def m(self) -> int:
@@ -267,7 +222,16 @@ class Pool:
         tokens = None
         if all("num_tokens" in c for r in records for c in r["candidates"]):
             tokens = np.array([[c["num_tokens"] for c in r["candidates"]] for r in records], dtype=np.int64)
-        return cls(label, [r["prompt"] for r in records], rewards, tokens, list(names), list(records))
+        answers = {}
+        for n in names:
+            has = [n in (c.get("answers") or {}) for r in records for c in r["candidates"]]
+            if all(has):
+                answers[n] = answer_array([[answer_key_read(c["answers"][n]) for c in r["candidates"]]
+                                           for r in records], rewards.shape[:2])
+            elif any(has):
+                raise ValueError(f"pool {label!r}: {has.count(False)} of {len(has)} candidates have no answer for "
+                                 f"criterion {n!r} (give every candidate one, null for no answer, or none)")
+        return cls(label, [r["prompt"] for r in records], rewards, tokens, list(names), list(records), answers)
 
     def subset(self, keys) -> Pool:
         from .data import prompt_key
@@ -276,7 +240,8 @@ class Pool:
         idx = [index[k] for k in keys]
         return Pool(self.label, [self.prompts[i] for i in idx], self.rewards[idx],
                     None if self.num_tokens is None else self.num_tokens[idx], self.criteria,
-                    [self.records[i] for i in idx] if self.records else [])
+                    [self.records[i] for i in idx] if self.records else [],
+                    {k: v[idx] for k, v in self.answers.items()})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,25 +259,23 @@ def _paired_difference(model_values, ref_values, objective, boot, confidence) ->
     return out
 
 
-def _configured(criteria):
-    """(family, N) of each criterion's configured algorithm (N None for tilted)."""
-    out = []
-    for c in criteria:
-        alg = parse_algorithm(c["algorithm"])
-        out.append((family_of(alg), alg.n))
-    return out
-
-
-def criteria_families(criteria, extra=()) -> dict:
+def criteria_families(criteria, extra=(), answered=()) -> dict:
     """{criterion: [families]}: its own family, 'sampling', and `extra` (e.g. ['bon', 'won']); for a tilted
-    criterion also soft_bon at its temperature (tilted is soft best-of-N's N -> infinity limit)."""
+    criterion also soft_bon at its temperature (tilted is soft best-of-N's N -> infinity limit); for a criterion
+    with answers (`answered`: names; a voting one always) both 'bon' and 'maj', so that pass@k (best-of-k on a
+    0/1 reward) and maj@k are side by side. A voting family in `extra` goes to the answered criteria only."""
     extra = [family_of(a) for a in extra or ()]
     out = {}
-    for c, (fam, _) in zip(criteria, _configured(criteria)):
-        fams = [fam, "sampling"]
-        if fam.startswith("tilted"):
-            fams.append("soft_bon:" + fam.split(":")[1])
-        out[c["name"]] = list(dict.fromkeys(fams + extra))
+    for c in parse_criteria(criteria):
+        alg = c.algorithm
+        fams = [alg.family, "sampling"]
+        if isinstance(alg, Tilted):
+            fams.append(SoftBestOfN(1, alg.temperature).family)
+        has_answers = c.name in answered or alg.needs_answers
+        if has_answers:
+            fams += ["bon", MajorityVote(1).family]
+        fams += [f for f in extra if has_answers or not parse_algorithm(f, n=1).needs_answers]
+        out[c.name] = list(dict.fromkeys(fams))
     return out
 
 
@@ -334,16 +297,18 @@ def _nan_to_none(x):
     return x
 
 
-def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum", gamma: float = 1.0,
+def estimate(pools: list[Pool], criteria, *, aggregator: str = "sum", gamma: float = 1.0,
              reference: str | None = None, algorithms=(), confidence: float = 0.95, bootstrap: int = 1000,
              seed: int = 0) -> dict:
     """Everything numeric of a report from pools (same prompts, same criteria, in that order).
 
-    criteria: [{name, algorithm, weight, reward?}]; the objective is g(R_1..R_m) with `aggregator`, each R_i
-    the value of criterion i under its own family at a common N (a sampling or tilted criterion is N-free)."""
+    criteria: Criterion or {name, algorithm, weight, reward?} (parse_criteria); the objective is g(R_1..R_m)
+    with `aggregator`, each R_i the value of criterion i under its own family at a common N (a sampling or tilted
+    criterion is N-free)."""
     if not pools:
         raise ValueError("nothing to evaluate: no pools")
-    names = [c["name"] for c in criteria]
+    criteria = parse_criteria(criteria)
+    names = [c.name for c in criteria]
     labels = [p.label for p in pools]
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be unique, got {labels}; name them LABEL=PATH")
@@ -358,25 +323,42 @@ def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum"
         raise ValueError(f"reference {reference!r} is not one of the models {labels}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    configured = _configured(criteria)
-    for c, (fam, n) in zip(criteria, configured):
+    configured = [c.algorithm for c in criteria]
+    for c, alg in zip(criteria, configured):
         for p in pools:
-            if n is not None and n > p.m:
-                raise ValueError(f"criterion {c['name']!r} uses {c['algorithm']} but pool {p.label!r} has only "
-                                 f"M={p.m} samples per prompt; sample more (M >= {n})")
+            if alg.n is not None and alg.n > p.m:
+                raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec} but pool {p.label!r} has only "
+                                 f"M={p.m} samples per prompt; sample more (M >= {alg.n})")
     for a in algorithms or ():
-        n = explicit_n(a)
+        n = parse_algorithm(a, n=1).n  # the N written in a, or 1 for a family ('bon')
         for p in pools:
             if n is not None and n > p.m:
                 raise ValueError(f"algorithm {a} needs N={n} > M={p.m} samples per prompt of {p.label!r}")
-    families = criteria_families(criteria, algorithms)
-    objective = Objective([Criterion(c["name"], c["algorithm"], float(c.get("weight", 1.0))) for c in criteria],
-                          aggregator=aggregator, gamma=gamma)
+    # answers: a criterion has them when every pool does (its reward gives answer keys); voting needs them
+    answered = [n for n in names if all(n in p.answers for p in pools)]
+    for c in criteria:
+        if c.algorithm.needs_answers and c.name not in answered:
+            lacking = next(p.label for p in pools if c.name not in p.answers)
+            raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec}, which votes on answers, but pool "
+                             f"{lacking!r} has none for it; its reward must give answers (such as 'answer')")
+    for p in pools:
+        for n, a in p.answers.items():
+            if a.shape != p.rewards.shape[:2]:
+                raise ValueError(f"pool {p.label!r}: answers for {n!r} have shape {a.shape}, the rewards "
+                                 f"{p.rewards.shape[:2]}")
+    voting_extra = [a for a in algorithms or () if parse_algorithm(a, n=1).needs_answers]
+    if voting_extra and not answered:
+        raise ValueError(f"algorithm {voting_extra[0]} votes on answers, and no criterion has them (a reward with "
+                         "an `answers(completions)` method, such as 'answer', gives them)")
+    families = criteria_families(criteria, algorithms, answered)
+    # a 0/1 reward under best-of-k is pass@k
+    binary = {n: all(np.isin(p.rewards[:, :, i], (0.0, 1.0)).all() for p in pools) for i, n in enumerate(names)}
+    objective = Objective(criteria, aggregator=aggregator, gamma=gamma)
     P = len(pools[0].prompts)
     boot = bootstrap_weights(P, bootstrap, seed) if bootstrap and P > 1 else None
     rng = np.random.default_rng(seed)
 
-    models, per_prompt_obj, per_prompt_configured = {}, {}, {}
+    models, per_prompt_obj, per_prompt_configured, per_prompt_values = {}, {}, {}, {}
     for pool in pools:
         m = pool.m
         values, per_prompt, per_prompt_cfg = {}, {}, []
@@ -384,14 +366,16 @@ def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum"
             values[name] = {}
             for fam in families[name]:
                 ns = family_ns(fam, m)
-                per_prompt[name, fam] = est = value_estimates(pool.rewards[:, :, i], fam, ns, rng=rng)
+                per_prompt[name, fam] = est = value_estimates(pool.rewards[:, :, i], fam, ns, rng=rng,
+                                                              answers=pool.answers.get(name))
                 values[name][fam] = _curve_json(mean_ci(est, confidence), ns)
+        per_prompt_values[pool.label] = per_prompt
         # objective along N (each criterion at its own family, N-free ones constant) and at the configured N
         obj_curve = np.empty((P, len(names), m))
-        for i, (fam, n) in enumerate(configured):
-            est = per_prompt[names[i], fam]  # (P, M), or (P, 1) for sampling and tilted
-            obj_curve[:, i, :] = est if est.shape[1] == m and increasing(fam) is not None else est[:, :1]
-            per_prompt_cfg.append(obj_curve[:, i, (n or 1) - 1])
+        for i, alg in enumerate(configured):
+            est = per_prompt[names[i], alg.family]  # (P, M), or (P, 1) for sampling and tilted
+            obj_curve[:, i, :] = est if est.shape[1] == m and alg.increasing is not None else est[:, :1]
+            per_prompt_cfg.append(obj_curve[:, i, (alg.n or 1) - 1])
         per_prompt_obj[pool.label] = obj_curve
         means = obj_curve.mean(axis=0)  # (criteria, N)
         obj_mean = objective.aggregate(means.T)
@@ -399,7 +383,7 @@ def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum"
         cfg_values = per_prompt_configured[pool.label] = np.stack(per_prompt_cfg, axis=1)  # (P, criteria)
         cfg_mean = float(objective.aggregate(cfg_values.mean(axis=0)))
         configured_entry = {"mean": cfg_mean, "values": {n: float(v) for n, v in zip(names, cfg_values.mean(0))},
-                            "algorithms": {c["name"]: c["algorithm"] for c in criteria}}
+                            "algorithms": {c.name: c.algorithm.spec for c in criteria}}
         if boot is not None:
             bmeans = np.einsum("bp,pin->bin", boot, obj_curve)  # (B, criteria, N)
             bobj = objective.aggregate(np.moveaxis(bmeans, 1, -1))  # (B, N)
@@ -431,13 +415,24 @@ def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum"
             per_prompt_configured[pool.label], per_prompt_configured[reference], objective, boot, confidence)
         eff[pool.label] = _effective_entries(pool, ref_pool, per_prompt_obj[pool.label], ref_curve, objective,
                                              configured, names, boot, confidence, rng)
+        by_family = _family_effective_entries(pool, ref_pool, per_prompt_values[pool.label],
+                                              per_prompt_values[reference], families, boot, confidence)
+        eff[pool.label]["criteria"] = {name: by_family[name][alg.family] for name, alg in zip(names, configured)
+                                       if alg.increasing is not None}
+        eff[pool.label]["families"] = by_family
         wins[pool.label] = {}
         for i, name in enumerate(names):
             wins[pool.label][name] = {}
+            ns = range(1, min(pool.m, ref_pool.m) + 1)
             for fam in ("bon", "won"):
-                ns = range(1, min(pool.m, ref_pool.m) + 1)
                 est = win_rate_estimates(pool.rewards[:, :, i], ref_pool.rewards[:, :, i], fam, ns)
                 wins[pool.label][name][fam] = _curve_json(mean_ci(est, confidence), ns)
+            if name in answered and binary[name]:
+                # a 0/1 reward: P(X > Y) + P(X = Y) / 2 = (1 + P(X = 1) - P(Y = 1)) / 2, with P(X = 1) maj@N's value
+                k = len(ns)
+                est = 0.5 + 0.5 * (per_prompt_values[pool.label][name, "maj"][:, :k]
+                                   - per_prompt_values[reference][name, "maj"][:, :k])
+                wins[pool.label][name]["maj"] = _curve_json(mean_ci(est, confidence), ns)
 
     pareto = pareto_fronts(models, names, configured)
     return _nan_to_none({
@@ -449,25 +444,20 @@ def estimate(pools: list[Pool], criteria: list[dict], *, aggregator: str = "sum"
                       "effective_n": f"percentile bootstrap over prompts, {bootstrap} resamples (paired)",
                       "minus_reference": f"percentile bootstrap over prompts, {bootstrap} resamples (paired)",
                       "win_rates": "normal: mean +- z * SE over prompts",
-                      "cross_effects": "normal: mean +- z * SE over prompts"},
+                      "cross_effects": "normal: mean +- z * SE over prompts (selection by rewards: bon and won)"},
         "num_prompts": P,
-        "criteria": [{"name": c["name"], "reward": _spec_text(c.get("reward")), "algorithm": c["algorithm"],
-                      "weight": float(c.get("weight", 1.0)), "family": fam, "n": n,
-                      "families": families[c["name"]]} for c, (fam, n) in zip(criteria, configured)],
-        "objective": {"aggregator": aggregator, "gamma": gamma,
-                      "description": describe_objective(criteria, aggregator)},
+        "criteria": [{"name": c.name, "reward": spec_text(c.reward), "algorithm": c.algorithm.spec,
+                      "weight": c.weight, "family": alg.family, "n": alg.n,
+                      "families": families[c.name], "answers": c.name in answered, "binary": binary[c.name]}
+                     for c, alg in zip(criteria, configured)],
+        "objective": {"aggregator": aggregator, "gamma": gamma, "description": objective.describe()},
         "reference": reference,
-        "key_n": key_ns(min(p.m for p in pools), [n for _, n in configured]),
+        "key_n": key_ns(min(p.m for p in pools), [alg.n for alg in configured]),
         "models": models,
         "effective_n": eff,
         "win_rates": wins,
         "pareto": pareto,
     })
-
-
-def describe_objective(criteria, aggregator: str) -> str:
-    parts = [f"{float(c.get('weight', 1.0)):g}*{c['name']}[{c['algorithm']}]" for c in criteria]
-    return f"{aggregator}({', '.join(parts)})"
 
 
 def key_ns(m: int, configured=()) -> list[int]:
@@ -481,7 +471,8 @@ def key_ns(m: int, configured=()) -> list[int]:
 
 
 def _effective_entries(pool, ref_pool, curve, ref_curve, objective, configured, names, boot, confidence, rng):
-    """Effective N of `pool` against the reference, for the objective and each N-dependent criterion."""
+    """Effective N of `pool` against the reference, for the objective (the criteria's entries are
+    _family_effective_entries' at their configured families)."""
     m, m_ref = pool.m, ref_pool.m
     ns = np.arange(1, m + 1)
     out = {"objective": None, "criteria": {}}
@@ -507,19 +498,41 @@ def _effective_entries(pool, ref_pool, curve, ref_curve, objective, configured, 
     inc = bool(ref_obj[-1] >= ref_obj[0])  # the objective's direction, from the reference's own curve
     out["objective"] = entry(curve, ref_curve, objective.aggregate, inc)
     out["objective"]["increasing"] = inc
-    for i, (name, (fam, _)) in enumerate(zip(names, configured)):
-        direction = increasing(fam)
-        if direction is None:
-            continue
-        e = entry(curve[:, i:i + 1], ref_curve[:, i:i + 1], lambda v: v[..., 0], direction)
-        e["family"] = fam
-        out["criteria"][name] = e
+    return out
+
+
+def _family_effective_entries(pool, ref_pool, per_prompt, ref_per_prompt, families, boot, confidence) -> dict:
+    """{criterion: {family: entry}}: effective N against the reference for every N-dependent family evaluated for
+    each criterion (for an answered criterion both pass@k, bon, and maj@k), as _effective_entries' entries;
+    per_prompt: {(criterion, family): (P, K) estimates} of the model and the reference."""
+    m, m_ref = pool.m, ref_pool.m
+    out = {}
+    for name, fams in families.items():
+        for fam in fams:
+            alg = parse_algorithm(fam, n=1)
+            if alg.increasing is None:
+                continue
+            model_pp, ref_pp = per_prompt[name, fam], ref_per_prompt[name, fam]  # (P, m), (P, m_ref)
+            target, ref_vals = model_pp.mean(0), ref_pp.mean(0)
+            inc = alg.increasing
+            point = effective_n(np.broadcast_to(ref_vals, (m, m_ref)), target, increasing=inc)
+            beaten = target < ref_vals[0] if inc else target > ref_vals[0]
+            e = {"n": list(range(1, m + 1)),
+                 "effective_n": [("at most 1" if b else v) for b, v in zip(beaten, _json_effective(point, m_ref))],
+                 "model_value": target.tolist(), "reference_value": ref_vals.tolist(), "family": fam}
+            if boot is not None:
+                bt, br = boot @ model_pp, boot @ ref_pp  # (B, m), (B, m_ref)
+                samples = effective_n(br[:, None, :].repeat(m, 1), bt, increasing=inc)
+                lo, hi = percentile_ci(samples, confidence)
+                e.update(ci_low=_json_effective(lo, m_ref), ci_high=_json_effective(hi, m_ref))
+            out.setdefault(name, {})[fam] = e
     return out
 
 
 def pareto_fronts(models: dict, names, configured) -> dict:
     """Per N (up to the smallest M), the non-dominated models in criterion space, each criterion at its own
-    family's value at N (sampling and tilted criteria at their single value)."""
+    family's value at N (sampling and tilted criteria at their single value); configured: each criterion's
+    algorithm."""
     labels = list(models)
     m = min(models[k]["m"] for k in labels)
     fronts = {}
@@ -527,8 +540,8 @@ def pareto_fronts(models: dict, names, configured) -> dict:
         points = []
         for k in labels:
             row = []
-            for name, (fam, _) in zip(names, configured):
-                curve = models[k]["values"][name][fam]
+            for name, alg in zip(names, configured):
+                curve = models[k]["values"][name][alg.family]
                 row.append(curve["mean"][curve["n"].index(n)] if n in curve["n"] else curve["mean"][0])
             points.append(row)
         mask = pareto_mask(points)
@@ -577,17 +590,15 @@ def align_pools(pools: list[Pool], reference: str | None = None) -> tuple[list[P
     return [p.subset(common) for p in pools], {"common_prompts": len(common), "prompts_per_pool": info}
 
 
-def criteria_from_pool_records(records) -> list[dict]:
+def criteria_from_pool_records(records) -> list[Criterion]:
     """Criteria for a pool read without a config: the ones saved in it, else one per score, with the pool's
     decode algorithm (bon:N for N = min(4, M) if none) and weight 1."""
     saved = records[0].get("criteria")
     if saved:
-        from .decode import normalise_criteria
-
-        return normalise_criteria(saved)
+        return parse_criteria(saved)
     m = len(records[0]["candidates"])
     alg = records[0].get("algorithm") or f"bon:{min(4, m)}"
-    return [{"name": n, "reward": None, "algorithm": alg, "weight": 1.0} for n in records[0]["candidates"][0]["scores"]]
+    return [Criterion(n, alg) for n in records[0]["candidates"][0]["scores"]]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -609,26 +620,37 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     `pools` files, estimate everything, and write OUT/report.json, OUT/report.md and PNG plots.
 
     models: run directories, model directories, built-in names or hub ids, or LABEL=PATH.
-    config: a YAML (or run directory) with `criteria` (and aggregator, gamma); default: the first model's run
-    config, else the criteria saved in the pools. All models are scored with these criteria's rewards.
-    algorithms: extra families to evaluate for every criterion, e.g. ['bon', 'won'].
+    config: a config file, a run directory (iama.config.load_config) or a TrainConfig: its criteria, aggregator,
+    gamma and generation settings; default: the first model's run config, else the criteria saved in the pools.
+    All models are scored with these criteria's raw rewards.
+    algorithms: extra families to evaluate for every criterion, e.g. ['bon', 'won'] ('maj': for the criteria
+    with answers only).
+    prompts: a source whose other columns reach the rewards (the `answer` reward's reference column must be there).
+    A criterion whose reward gives answers (the `answer` reward) is evaluated under both best-of-N (pass@N on a
+    0/1 reward) and majority voting (maj@N), its answer keys stored in the pools; a pool saved without them gets
+    them from the candidates' texts where the reward can be built here.
     Generation settings default to the first run's TRL fields, else GenerationSettings' defaults.
     kl: also estimate each sampled model's KL to the reference model from its pool (iama.kl; plain sampling
     only); it costs two forward passes per sample, about as much as drawing the pools again.
     Returns the report (the content of report.json)."""
-    from .decode import (GenerationSettings, build_rewards, collect_prompts, load_config_file, make_backend,
-                         normalise_criteria, parse_model_arg, read_pool, sample_pool)
+    from .config import TrainConfig, load_config
+    from .decode import (GenerationSettings, build_rewards, check_prompt_columns, collect_prompts,
+                         fill_answers, make_backend, parse_model_arg, read_pool, sample_pool)
 
     specs = [parse_model_arg(a) for a in models or ()]
     pool_records = [r for path in pools or () for r in read_pool(path)]
     if not specs and not pool_records:
         raise ValueError("nothing to evaluate: give models or --pool files")
-    run_config = load_config_file(config) if config is not None else next(
-        (s.config for s in specs if s.config is not None), None)
-    if run_config is not None:
-        criteria = normalise_criteria(run_config["criteria"])
-        criteria_source = str(config) if config is not None else "the run config of " + next(
+    if isinstance(config, TrainConfig):
+        run_config, criteria_source = config, "the config given"
+    elif config is not None:
+        run_config, criteria_source = load_config(config, check_model=False), str(config)
+    else:
+        run_config = next((s.config for s in specs if s.config is not None), None)
+        criteria_source = None if run_config is None else "the run config of " + next(
             repr(s.label) for s in specs if s.config is not None)
+    if run_config is not None:
+        criteria = run_config.criteria
     elif pool_records:
         criteria = criteria_from_pool_records(pool_records)
         criteria_source = "the pool file"
@@ -636,20 +658,27 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
         raise ValueError("no criteria: pass config (a YAML or run directory with `criteria`) or a run as a model")
     for s in specs:  # every run must have been trained on the same criteria (weights and algorithms may differ)
         if s.config is not None:
-            theirs = {c["name"]: str(c["reward"]) for c in normalise_criteria(s.config["criteria"])}
-            ours = {c["name"]: str(c["reward"]) for c in criteria}
+            theirs = {c.name: str(c.reward) for c in s.config.criteria}
+            ours = {c.name: str(c.reward) for c in criteria}
             if theirs != ours:
                 raise ValueError(f"run {s.label!r} was trained on criteria {theirs}, the evaluation uses {ours}; "
                                  "evaluate models with the same criteria together")
     if run_config is not None:
-        objective_settings = {"aggregator": run_config.get("aggregator", "sum"),
-                              "gamma": float(run_config.get("gamma", 1.0))}
+        objective_settings = {"aggregator": run_config.aggregator, "gamma": float(run_config.gamma)}
     else:
         objective_settings = dict(pool_records[0].get("objective") or {"aggregator": "sum", "gamma": 1.0})
-    names = [c["name"] for c in criteria]
+    names = [c.name for c in criteria]
     for a in algorithms or ():
         family_of(a)  # unknown algorithm: ValueError now, before any sampling
-    need = max([parse_algorithm(c["algorithm"]).n or 1 for c in criteria])
+    # maj on a reward that gives no answers: one line now, before sampling (pools alone: their answers count)
+    if specs:
+        check_voting(criteria)
+    if specs and any(parse_algorithm(a, n=1).needs_answers for a in algorithms or ()) and not any(
+            reward_gives_answers(c.reward) for c in criteria):
+        voting = next(a for a in algorithms if parse_algorithm(a, n=1).needs_answers)
+        raise ValueError(f"algorithm {voting} votes on answers, and no criterion's reward gives them (a reward with "
+                         "an `answers(completions)` method, such as 'answer', does)")
+    need = max([c.algorithm.n or 1 for c in criteria])
     if specs and m < need:
         raise ValueError(f"M={m} samples per prompt cannot estimate N={need} of the criteria; use M >= {need}")
     out = Path(out)
@@ -659,6 +688,7 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     if specs:
         prompt_list = collect_prompts(source=prompts, column=prompt_column, split=prompt_split, limit=limit,
                                       offset=offset)
+        check_prompt_columns(criteria, prompt_list, prompts)  # e.g. the `answer` reward's reference column
         settings = GenerationSettings.from_run_config(run_config, max_new_tokens=max_new_tokens,
                                                       temperature=temperature, top_p=top_p, top_k=top_k)
         labels = [s.label for s in specs]
@@ -667,7 +697,7 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
         from .rewards import check_reward
 
         for c in criteria:
-            check_reward(c["reward"])
+            check_reward(c.reward)
         reward_fns = None
         for s in specs:
             path = out / "pools" / f"{_safe_name(s.label)}.jsonl"
@@ -680,6 +710,8 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
             del gen
             all_pools.append(Pool.from_records(records, names, s.label))
     taken = {p.label for p in all_pools}
+    if pool_records:
+        fill_answers(pool_records, criteria)  # a pool saved without answers: from the texts, where the reward can
     for pool in pools_from_records(pool_records, names) if pool_records else []:
         if pool.label in taken:
             raise ValueError(f"model label {pool.label!r} appears both as a model and in a pool file")

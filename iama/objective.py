@@ -9,13 +9,14 @@ The KL term stays with the trainer. The trainer, evaluation, deployment and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from .algorithms import Algorithm, Sampling, Tilted, _to_numpy, parse_algorithm
+from .algorithms import Algorithm, Sampling, Tilted, answer_array, parse_algorithm, to_numpy
+from .transforms import parse_transform
 
 AGGREGATORS = ("sum", "min", "smoothmin")
 BASELINES = ("loo", "group_mean", "none")
@@ -28,18 +29,67 @@ RELATIVE_ZERO = 1e-10
 class Criterion:
     """One criterion: a reward scored under an inference-time algorithm, with a weight.
 
-    `reward` is whatever the caller scores samples with (a callable, a spec string); the math here only
-    sees the resulting numbers."""
+    `reward` is whatever the caller scores samples with (a callable, a spec string, verl's compute_score key);
+    the math here only sees the resulting numbers. `calibrated` and `transform` are InfAlign-CTRL's, applied by
+    the trainer to the reward before it reaches the objective (evaluation and deployment score the raw reward)."""
 
     name: str
     algorithm: Algorithm | str = field(default_factory=Sampling)
     weight: float = 1.0
     reward: Any = None
+    calibrated: bool = False
+    transform: Any = None  # a transform spec (iama.transforms) of the calibrated reward; None: identity
 
     def __post_init__(self):
-        self.algorithm = parse_algorithm(self.algorithm)
+        self.name, self.calibrated, self.transform = str(self.name), bool(self.calibrated), self.transform or None
+        try:
+            self.algorithm = parse_algorithm(self.algorithm)
+            self.weight = float(self.weight)
+            if self.transform is not None:
+                if not self.calibrated:
+                    raise ValueError("a transform applies to calibrated rewards; set calibrated: true")
+                parse_transform(self.transform)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"criterion {self.name!r}: {e}") from None
         if not (np.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"criterion {self.name!r}: weight must be a finite number >= 0, got {self.weight!r}")
+
+    def to_dict(self) -> dict:
+        """The plain form parse_criteria reads back (a config's YAML): every field, but the optional ones (after
+        `reward`) only where they differ from their default."""
+        out = {"name": self.name, "reward": self.reward, "algorithm": self.algorithm.spec, "weight": self.weight}
+        for f in fields(self)[4:]:
+            if getattr(self, f.name) != f.default:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+
+# what a criterion's plain form may hold: its dataclass fields, listed in messages with the two it needs first
+FIELDS = ("name", "reward", *(f.name for f in fields(Criterion) if f.name not in ("name", "reward")))
+
+
+def parse_criteria(raw, fields=FIELDS) -> list[Criterion]:
+    """Criteria from their plain form, a list of mappings with at least a name (Criterion objects pass through).
+    `fields` are the ones allowed, or a mapping of the caller's names onto Criterion's (verl's plugin reads a
+    compute_score `key` as the reward). Anything wrong is a ValueError of one line naming the criterion."""
+    names = dict(fields) if isinstance(fields, dict) else {f: f for f in fields}
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ValueError(f"criteria must be a list of at least one criterion {{{', '.join(names)}}}")
+    out = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, Criterion):
+            if not isinstance(c, dict) or "name" not in c:
+                raise ValueError(f"criterion {i} must be a mapping with at least a 'name'")
+            extra = [str(k) for k in c if k not in names]
+            if extra:
+                raise ValueError(f"criterion {c['name']!r}: unknown field(s) {', '.join(extra)}; "
+                                 f"allowed: {', '.join(names)}")
+            c = Criterion(**{names[k]: v for k, v in c.items()})
+        out.append(c)
+    listed = [c.name for c in out]
+    if len(set(listed)) != len(listed):
+        raise ValueError(f"criterion names must be unique, got {listed}")
+    return out
 
 
 @dataclass
@@ -70,12 +120,7 @@ class Objective:
 
     def __init__(self, criteria, aggregator="sum", gamma=1.0, estimator="unbiased", baseline="loo",
                  scale_rewards="none"):
-        self.criteria = [c if isinstance(c, Criterion) else Criterion(**c) for c in criteria]
-        if not self.criteria:
-            raise ValueError("an objective needs at least one criterion")
-        names = [c.name for c in self.criteria]
-        if len(set(names)) != len(names):
-            raise ValueError(f"criterion names must be unique, got {names}")
+        self.criteria = parse_criteria(list(criteria))
         for value, allowed, what in [(aggregator, AGGREGATORS, "aggregator"), (baseline, BASELINES, "baseline"),
                                      (estimator, ("unbiased", "plugin"), "estimator"),
                                      (scale_rewards, SCALES, "scale_rewards")]:
@@ -126,73 +171,102 @@ class Objective:
         return self.estimator
 
     # ---- the estimates -----------------------------------------------------------------------------------------
-    def _group_estimates(self, r, rng):
-        """(s, b, values) for complete groups r (G, M, m)."""
+    @property
+    def needs_answers(self) -> bool:
+        """True if a criterion's algorithm selects by answers (maj:N): then calls must pass `answers`."""
+        return any(c.algorithm.needs_answers for c in self.criteria)
+
+    def _group_estimates(self, r, rng, answers=None):
+        """(s, b, values) for complete groups r (G, M, m), answers (G, M) or None."""
         s, b, v = np.empty_like(r), np.empty_like(r), np.empty(r.shape[:1] + r.shape[2:])
         for i, c in enumerate(self.criteria):
             alg = c.algorithm
-            s[..., i], b[..., i] = alg.estimate(r[..., i], self._estimator_for(alg), rng=rng)
+            kw = {"answers": answers} if alg.needs_answers else {}
+            s[..., i], b[..., i] = alg.estimate(r[..., i], self._estimator_for(alg), rng=rng, **kw)
             if alg.n is not None and r.shape[1] < alg.n:  # plugin on a small group: no unbiased value
                 v[:, i] = np.nan
             else:
-                v[:, i] = alg.estimate_value(r[..., i], rng=rng)
+                v[:, i] = alg.estimate_value(r[..., i], rng=rng, **kw)
         if self.baseline == "group_mean":
             b = np.broadcast_to(s.mean(axis=1, keepdims=True), s.shape).copy()
         elif self.baseline == "none":
             b = np.zeros_like(s)
         return s, b, v
 
-    def __call__(self, rewards, *, rng=None) -> Estimates:
+    def __call__(self, rewards, *, answers=None, rng=None) -> Estimates:
         """rewards: (..., M, m) array or tensor, one group per leading index, one column per criterion.
+        answers: (..., M) hashable answer keys (None: no answer), needed when a criterion votes (maj:N).
 
         A sample with a NaN reward in any criterion is dropped from its group (advantage 0) and counted; a
         group left with fewer samples than the estimator needs contributes advantage 0 and is counted."""
-        r, back = _to_numpy(rewards, check=False)
-        m = len(self.criteria)
-        if r.ndim < 2 or r.shape[-1] != m:
-            raise ValueError(f"rewards must have shape (..., M, {m}) for {m} criteria; got {r.shape}")
-        if np.any(np.isinf(r)):
-            raise ValueError("rewards contain infinite values")
-        lead, mm = r.shape[:-2], r.shape[-2]
-        r = r.reshape(-1, mm, m)
-        s, b = np.zeros_like(r), np.zeros_like(r)
-        v = np.full((r.shape[0], m), np.nan)
-        bad = np.isnan(r).any(-1)  # (G, M)
-        need = self.min_group_size()
-        complete = ~bad.any(-1)
-        if complete.any():
-            s[complete], b[complete], v[complete] = self._group_estimates(r[complete], rng)
-        valid = ~bad
-        for g in np.flatnonzero(~complete):  # ragged groups, one at a time (rare)
-            keep = ~bad[g]
-            if keep.sum() < need:
-                valid[g] = False
-                continue
-            sg, bg, vg = self._group_estimates(r[g, keep][None], rng)
-            s[g, keep], b[g, keep], v[g] = sg[0], bg[0], vg[0]
-        if np.all(np.isnan(v)):
-            batch_values = np.full(m, np.nan)
-            c = self.weights if self.aggregator == "sum" else np.full(m, 1.0 / m)
+        r, back = to_numpy(rewards, check=False)
+        lead, group_size, n_criteria = r.shape[:-2], r.shape[-2], len(self.criteria)
+        r = self._check_rewards(r).reshape(-1, group_size, n_criteria)  # (G, M, m)
+        answers = self._check_answers(answers, lead + (group_size,))  # (G, M) or None
+        s, b, v, valid = self._estimate_groups(r, answers, rng)  # (G, M, m), (G, M, m), (G, m), (G, M)
+
+        # the method: the chain rule at the batch's values, the baseline, the scale
+        batch_values = np.nanmean(v, axis=0) if not np.all(np.isnan(v)) else np.full(n_criteria, np.nan)  # (m,)
+        if np.all(np.isnan(batch_values)):  # no group could be estimated: dg/dR at no particular point
+            c = self.weights if self.aggregator == "sum" else np.full(n_criteria, 1.0 / n_criteria)
         else:
-            batch_values = np.nanmean(v, axis=0)
-            c = self.grad(batch_values)
-        fv = s @ c
-        adv = (s - b) @ c
-        adv = np.where(valid, adv, 0.0)
+            c = self.grad(batch_values)  # (m,): dg/dR_i
+        fv = s @ c  # (G, M): the first variation of J at each sample
+        adv = np.where(valid, (s - b) @ c, 0.0)  # (G, M)
         # the size of the numbers the advantages were differenced from: below RELATIVE_ZERO of it is rounding noise
         size = np.maximum(np.maximum(np.abs(fv), np.abs(b @ c)), np.abs(np.nan_to_num(r)) @ np.abs(c))
         adv = self._scale(adv, size, valid)
+
+        bad = np.isnan(r).any(-1)
         return Estimates(
-            advantages=back(adv.reshape(lead + (mm,))),
-            first_variation=fv.reshape(lead + (mm,)),
-            per_criterion=s.reshape(lead + (mm, m)),
-            baselines=b.reshape(lead + (mm, m)),
-            values=v.reshape(lead + (m,)),
+            advantages=back(adv.reshape(lead + (group_size,))),
+            first_variation=fv.reshape(lead + (group_size,)),
+            per_criterion=s.reshape(lead + (group_size, n_criteria)),
+            baselines=b.reshape(lead + (group_size, n_criteria)),
+            values=v.reshape(lead + (n_criteria,)),
             grad_weights=c,
             objective=float(self.aggregate(batch_values)),
             dropped=int(bad.sum()),
             skipped_groups=int((~valid.any(-1) & bad.any(-1)).sum()),
         )
+
+    def _check_rewards(self, r):
+        n_criteria = len(self.criteria)
+        if r.ndim < 2 or r.shape[-1] != n_criteria:
+            raise ValueError(f"rewards must have shape (..., M, {n_criteria}) for {n_criteria} criteria; got {r.shape}")
+        if np.any(np.isinf(r)):
+            raise ValueError("rewards contain infinite values")
+        return r
+
+    def _check_answers(self, answers, shape):
+        if not self.needs_answers:
+            return None
+        if answers is None:
+            voting = next(c for c in self.criteria if c.algorithm.needs_answers)
+            raise ValueError(f"criterion {voting.name!r} uses {voting.algorithm.spec}, which needs each sample's "
+                             "answer (answers=...)")
+        return answer_array(answers, shape).reshape(-1, shape[-1])
+
+    def _estimate_groups(self, r, answers, rng):
+        """Per-criterion estimates s, baselines b (G, M, m), values v (G, m) and the samples that count (G, M).
+        Groups without a NaN are estimated together; the others one at a time without their NaN samples, or
+        not at all when too few remain (their values stay NaN and no sample counts)."""
+        group_size, n_criteria = r.shape[1:]
+        s, b, v = np.zeros_like(r), np.zeros_like(r), np.full((len(r), n_criteria), np.nan)
+        valid = ~np.isnan(r).any(-1)  # (G, M)
+        complete = valid.all(-1)  # (G,)
+        if complete.any():
+            s[complete], b[complete], v[complete] = self._group_estimates(
+                r[complete], rng, None if answers is None else answers[complete])
+        for g in np.flatnonzero(~complete):  # ragged groups, one at a time (rare)
+            keep = valid[g].copy()
+            if keep.sum() < self.min_group_size():
+                valid[g] = False
+                continue
+            sg, bg, vg = self._group_estimates(r[g, keep][None], rng,
+                                               None if answers is None else answers[g, keep][None])
+            s[g, keep], b[g, keep], v[g] = sg[0], bg[0], vg[0]
+        return s, b, v, valid
 
     def _scale(self, adv, size, valid):
         """Divide each group's advantages by their root mean square (M - 1 in the denominator), the whole batch's
@@ -211,5 +285,6 @@ class Objective:
         return np.where(flat, 0.0, adv / np.where(flat, 1.0, rms))
 
     def describe(self) -> str:
+        """g of the criteria, e.g. sum(0.5*short[bon:4], 0.5*long[bon:4]) (how it is estimated is not part of it)."""
         parts = [f"{c.weight:g}*{c.name}[{c.algorithm.spec}]" for c in self.criteria]
-        return f"{self.aggregator}({', '.join(parts)}), estimator={self.estimator}, baseline={self.baseline}"
+        return f"{self.aggregator}({', '.join(parts)})"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .algorithms import parse_algorithm
 from .utils import atomic_write_json, atomic_write_text, save_figure
 
 PLOTS = ("values_vs_n.png", "objective_vs_n.png", "pareto.png", "lengths.png", "win_rates.png")
@@ -29,6 +30,10 @@ def write_report(report: dict, out, plots: bool = True) -> dict:
 # formatting helpers
 
 
+def _depends_on_n(family: str) -> bool:
+    return parse_algorithm(family, n=1).increasing is not None
+
+
 def _fmt(x, digits=4):
     if x is None:
         return "–"
@@ -47,6 +52,17 @@ def _with_ci(curve, i, digits=4):
     return f"{_fmt(mean, digits)} [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
 
 
+def family_label(family: str, criterion: dict | None = None) -> str:
+    """How a family is named in tables and plots: 'maj (maj@N)', and 'bon (pass@N)' for a 0/1 reward with answers
+    (best-of-N on a 0/1 reward is pass@N); else the family."""
+    criterion = criterion or {}
+    if family == "maj":
+        return "maj (maj@N)"
+    if family == "bon" and criterion.get("binary") and criterion.get("answers"):
+        return "bon (pass@N)"
+    return family
+
+
 def _at(curve, n):
     """Index of N = n in a curve, or None."""
     return curve["n"].index(n) if n in curve["n"] else None
@@ -63,9 +79,16 @@ def effective_statements(report: dict) -> list[str]:
     ref = report["reference"]
     configured = sorted({c["n"] for c in report["criteria"] if c["n"]}) or [1]
     lines = []
+    crits = {c["name"]: c for c in report["criteria"]}
     for label, entry in report["effective_n"].items():
         parts = [("objective", entry["objective"])]
-        parts += [(f"{k} [{v['family']}]", v) for k, v in entry["criteria"].items()]
+        parts += [(f"{k} [{family_label(v['family'], crits.get(k))}]", v) for k, v in entry["criteria"].items()]
+        # a criterion with answers: also the other of pass@N (bon) and maj@N
+        for k, fams in (entry.get("families") or {}).items():
+            c = crits.get(k) or {}
+            for fam, v in fams.items():
+                if c.get("answers") and fam in ("bon", "maj") and fam != c.get("family"):
+                    parts.append((f"{k} [{family_label(fam, c)}]", v))
         for what, e in parts:
             if e is None:
                 continue
@@ -144,7 +167,7 @@ def markdown(report: dict) -> str:
     out += ["", "## Values", ""]
     for c in report["criteria"]:
         for fam in c["families"]:
-            if fam == "sampling" and any(f in ("bon", "won") or f.startswith("soft_bon") for f in c["families"]):
+            if fam == "sampling" and any(_depends_on_n(f) for f in c["families"]):
                 continue  # sampling is N = 1 of those tables
             header = ["model"] + [f"N = {n}" for n in keys]
             rows = []
@@ -157,12 +180,18 @@ def markdown(report: dict) -> str:
                 rows.append(row)
             if all(all(x == "–" for x in r[1:]) for r in rows):
                 continue
-            out += [f"**{c['name']}** under {fam}:", "", _table(header, rows), ""]
+            out += [f"**{c['name']}** under {family_label(fam, c)}:", "", _table(header, rows), ""]
+    if any(c.get("answers") for c in report["criteria"]):
+        out += [("maj (maj@N) selects the answer most of N samples give (ties at random; samples without an "
+                 "answer do not vote) and scores the reward of that answer; bon on a 0/1 reward is pass@N (some of "
+                 "N samples is correct). Both are unbiased per-prompt estimates from the same pool."), ""]
 
     if report["win_rates"]:
         out += ["## Win rates", "",
                 f"P(the model's selected response beats the reference's) + P(tie) / 2, both decoded with the same "
-                f"algorithm; against `{ref}`.", ""]
+                f"algorithm; against `{ref}`."
+                + (" maj only for a 0/1 reward: (1 + maj@N of the model - maj@N of the reference) / 2."
+                   if any(c.get("answers") for c in report["criteria"]) else ""), ""]
         header = ["model", "criterion", "algorithm"] + [f"N = {n}" for n in keys]
         rows = []
         for k, per in report["win_rates"].items():
@@ -187,7 +216,9 @@ def markdown(report: dict) -> str:
         n = configured[0]
         out += ["## Cross-effects", "",
                 f"Select by one criterion with best-of-N or worst-of-N at N = {n}, measure every criterion "
-                "(ties broken uniformly at random).", ""]
+                "(ties broken uniformly at random)."
+                + (" Selection by majority vote (maj) is not among them." if any(
+                    c.get("answers") for c in report["criteria"]) else ""), ""]
         header = ["model", "select by", "algorithm"] + names
         rows = []
         for k in labels:
@@ -255,13 +286,15 @@ def make_plots(report: dict, out: Path) -> dict:
     configured = sorted({c["n"] for c in crits if c["n"]})
 
     # values vs N: a row per family that depends on N, a column per criterion
-    fams = list(dict.fromkeys(f for c in crits for f in c["families"]
-                              if f != "sampling" and not f.startswith("tilted")))
+    fams = list(dict.fromkeys(f for c in crits for f in c["families"] if _depends_on_n(f)))
     if fams:
         fig, axes = plt.subplots(len(fams), len(crits), figsize=(4.2 * len(crits), 3.2 * len(fams)), squeeze=False)
         for r, fam in enumerate(fams):
             for col, c in enumerate(crits):
                 ax = axes[r][col]
+                if fam not in c["families"]:  # e.g. maj for a criterion without answers
+                    ax.axis("off")
+                    continue
                 for k in labels:
                     curve = report["models"][k]["values"][c["name"]].get(fam)
                     if curve:
@@ -269,9 +302,11 @@ def make_plots(report: dict, out: Path) -> dict:
                 for n in configured:
                     ax.axvline(n, color="grey", linewidth=0.8, linestyle=":")
                 _log2(ax, m)
-                ax.set_title(f"{c['name']} under {fam}")
+                ax.set_title(f"{c['name']} under {family_label(fam, c)}")
                 ax.set_ylabel("value")
-        axes[0][0].legend(fontsize=8)
+        shown = [ax for row in axes for ax in row if ax.get_legend_handles_labels()[0]]
+        if shown:
+            shown[0].legend(fontsize=8)
         fig.tight_layout()
         files["values"] = save_figure(fig, out / "values_vs_n.png").name
 
@@ -331,8 +366,9 @@ def make_plots(report: dict, out: Path) -> dict:
         fig, axes = plt.subplots(1, len(crits), figsize=(4.2 * len(crits), 3.2), squeeze=False)
         for ax, c in zip(axes[0], crits):
             for k, per in report["win_rates"].items():
-                for fam, style in (("bon", "-"), ("won", "--")):
-                    _band(ax, per[c["name"]][fam], f"{k} {fam}", colors[k], style)
+                for fam, style in (("bon", "-"), ("won", "--"), ("maj", ":")):
+                    if fam in per[c["name"]]:
+                        _band(ax, per[c["name"]][fam], f"{k} {fam}", colors[k], style)
             ax.axhline(0.5, color="grey", linewidth=0.8)
             _log2(ax, m)
             ax.set_ylim(0, 1)

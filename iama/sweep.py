@@ -137,7 +137,6 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     sweep of the same config, `weights` and `methods` (default: the sweep's own) add to the sweep's."""
     import torch
 
-    from .algorithms import parse_algorithm
     from .config import load_config, to_dict
     from .decode import collect_prompts
     from .demo import train_side_by_side
@@ -155,7 +154,7 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     methods = parse_methods(methods) if methods is not None else None
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
-    need = max(parse_algorithm(c.get("algorithm", "sampling")).n or 1 for c in base.criteria)
+    need = max(c.algorithm.n or 1 for c in base.criteria)
     if m < need:
         raise ValueError(f"-M {m} samples per prompt cannot estimate N={need} of the criteria; use -M >= {need}")
     if bootstrap < 1:
@@ -184,7 +183,7 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     print(f"== evaluating {len(points)} points and the untrained model on {eval_prompts} held-out prompts, "
           f"M = {m} samples each, then their KL to the untrained model ==", flush=True)
     evaluation = evaluate([f"untrained={base.model}", *[f"{p.label}={p.cfg.output_dir}" for p in points]],
-                          config=out / "sweep.yaml", reference="untrained", prompts=base.prompts,
+                          config=base, reference="untrained", prompts=base.prompts,
                           prompt_column=base.prompt_column, prompt_split=base.prompt_split, limit=eval_prompts,
                           offset=base.max_prompts or 0, m=m, out=out / "eval", bootstrap=bootstrap,
                           progress=progress, kl=True, command=command)
@@ -203,25 +202,26 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
 # the analysis, from the evaluation's pools
 
 
-def _values_at(rewards, family: str, n: int) -> np.ndarray:
-    """(P,) per-prompt values of one criterion under its family at N (sampling and tilted do not depend on N)."""
-    from .evaluate import increasing, value_estimates
+def _values_at(rewards, algorithm, n: int) -> np.ndarray:
+    """(P,) per-prompt values of one criterion under its algorithm's family at N (sampling and tilted do not
+    depend on N)."""
+    from .evaluate import value_estimates
 
-    return value_estimates(rewards, family, [n] if increasing(family) is not None else None, rng=0)[:, 0]
+    return value_estimates(rewards, algorithm.family, [n] if algorithm.increasing is not None else None, rng=0)[:, 0]
 
 
 def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap: int = 1000,
             confidence: float = 0.95, command=None, config=None) -> dict:
-    from .decode import normalise_criteria, read_pool
-    from .evaluate import (Pool, _configured, _nan_to_none, _paired_difference, _safe_name, align_pools,
-                           bootstrap_weights, percentile_ci)
+    from .decode import read_pool
+    from .evaluate import (Pool, _nan_to_none, _paired_difference, _safe_name, align_pools, bootstrap_weights,
+                           percentile_ci)
     from .fronts import bootstrap_fronts, pearson_bootstrap
     from .objective import Criterion, Objective
     from .utils import machine_info
 
-    criteria = normalise_criteria(base.criteria)
-    names = [c["name"] for c in criteria]
-    configured = _configured(criteria)
+    criteria = base.criteria
+    names = [c.name for c in criteria]
+    configured = [c.algorithm for c in criteria]
     labels = ["untrained", *[p.label for p in points]]
     pools = [Pool.from_records(read_pool(out / "eval" / "pools" / f"{_safe_name(k)}.jsonl"), names, k)
              for k in labels]
@@ -237,18 +237,18 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
 
     fronts = {}
     for n in [n for n in PANEL_NS if n <= m]:
-        values = {k: np.stack([_values_at(pool.rewards[:, :, i], fam, n) for i, (fam, _) in enumerate(configured)],
+        values = {k: np.stack([_values_at(pool.rewards[:, :, i], alg, n) for i, alg in enumerate(configured)],
                               axis=1) for k, pool in pools.items()}
         fronts[str(n)] = bootstrap_fronts(values, groups, reference["values"], resamples=bootstrap,
                                           confidence=confidence)
 
     # the weighted objective of each weight, every criterion at its configured algorithm, paired across methods
     boot = bootstrap_weights(num_prompts, bootstrap, 0)
-    at_configured = {k: np.stack([_values_at(pool.rewards[:, :, i], fam, n or 1)
-                                  for i, (fam, n) in enumerate(configured)], axis=1) for k, pool in pools.items()}
+    at_configured = {k: np.stack([_values_at(pool.rewards[:, :, i], alg, alg.n or 1)
+                                  for i, alg in enumerate(configured)], axis=1) for k, pool in pools.items()}
     per_weight = []
     for w in dict.fromkeys(p.weights for p in points):
-        objective = Objective([Criterion(c["name"], c["algorithm"], v) for c, v in zip(criteria, w)],
+        objective = Objective([Criterion(c.name, c.algorithm, v) for c, v in zip(criteria, w)],
                               aggregator=base.aggregator, gamma=base.gamma)
         entry = {"weights": list(w), "values": {}, "difference": None}
         for method in ["untrained", *groups]:
@@ -270,7 +270,8 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
         "kind": "iama sweep",
         "command": command,
         "config": _shown(config),
-        "criteria": [{**c, "family": fam, "n": n} for c, (fam, n) in zip(criteria, configured)],
+        "criteria": [{"name": c.name, "reward": c.reward, "algorithm": c.algorithm.spec, "weight": c.weight,
+                      "family": alg.family, "n": alg.n} for c, alg in zip(criteria, configured)],
         "aggregator": base.aggregator,
         "methods": {"iama": "the config as written", "grpo": "sampling for every criterion, group_mean baseline"},
         "points": {p.label: {"method": p.method, "weights": list(p.weights), "run": f"runs/{p.label}",
@@ -281,7 +282,7 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
         "bootstrap": bootstrap,
         "reference_point": reference,
         "fronts": fronts,
-        "objective": {"algorithms": {c["name"]: c["algorithm"] for c in criteria}, "per_weight": per_weight},
+        "objective": {"algorithms": {c.name: c.algorithm.spec for c in criteria}, "per_weight": per_weight},
         "kl": evaluation.get("kl"),
         "correlation": correlation,
         "machine": machine_info(),

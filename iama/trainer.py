@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from .config import ConfigError, TrainConfig, build_objective, grpo_config, to_dict, validate
+from .config import ConfigError, TrainConfig, build_objective, grpo_config, load_config, to_dict, validate
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
@@ -108,6 +108,13 @@ class IAMATrainer(GRPOTrainer):
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
         if len(funcs) != len(objective.criteria):
             raise ValueError(f"{len(funcs)} reward functions for {len(objective.criteria)} criteria")
+        # majority voting needs each sample's answer: the voting criterion's reward gives them (`answer` does)
+        voting = [(c, f) for c, f in zip(objective.criteria, funcs) if c.algorithm.needs_answers]
+        self._answers_of = voting[0][1].answers if voting and hasattr(voting[0][1], "answers") else None
+        if voting and self._answers_of is None:
+            c = voting[0][0]
+            raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec}, which votes on answers, but its reward "
+                             "gives none: use a reward with an `answers(completions)` method, such as 'answer'")
         if invalid_rewards is not None:
             if invalid_rewards not in ("stop", "drop"):
                 raise ValueError(f"invalid_rewards must be 'stop', 'drop' or None, got {invalid_rewards!r}")
@@ -122,18 +129,34 @@ class IAMATrainer(GRPOTrainer):
         self.target_kl, self.kl_gain = target_kl, kl_gain
         self.command = command
         self.model_card_base = kwargs.get("model") if isinstance(kwargs.get("model"), str) else None
-        self._gathered_rewards = None
+        self._gathered_rewards = self._gathered_answers = None
         if metrics_csv is not False:
             self.add_callback(CSVLogger(metrics_csv or Path(self.args.output_dir) / "metrics.csv"))
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gathered_rewards = rewards  # (all processes' completions, criteria), already gathered
+        if self._answers_of is not None:  # gathered like the rewards, in the same order
+            from accelerate.utils import gather_object
+
+            self._gathered_answers = gather_object(list(self._answers_of(completions)))
         return rewards
 
     def iama_estimates(self, rewards: torch.Tensor, num_generations: int):
         """The objective on gathered rewards (B, m): groups are consecutive runs of num_generations rows."""
-        return self.objective(rewards.view(-1, num_generations, rewards.shape[-1]))
+        answers = None
+        if self._answers_of is not None:
+            flat = self._gathered_answers
+            answers = [flat[i : i + num_generations] for i in range(0, len(flat), num_generations)]
+        return self.objective(rewards.view(-1, num_generations, rewards.shape[-1]), answers=answers)
+
+    def _generate(self, prompts):
+        # TRL runs only the loss under autocast. With bf16 on a CPU, sampling under it too is ~1.6x faster
+        # (benchmarks/step_breakdown.py); on a GPU the model already has its dtype, and vLLM has its own
+        if self.args.bf16 and not self.use_vllm and self.accelerator.device.type == "cpu":
+            with self.accelerator.autocast():
+                return super()._generate(prompts)
+        return super()._generate(prompts)
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
@@ -188,7 +211,8 @@ class IAMATrainer(GRPOTrainer):
             "scored under the inference-time algorithm it will be decoded with, and the policy is trained for the "
             "objective below.", "",
             "| criterion | reward | algorithm | weight |", "|---|---|---|---|", rows, "",
-            f"- objective: {obj.describe()}, scale_rewards={obj.scale_rewards}",
+            f"- objective: {obj.describe()}, estimator={obj.estimator}, baseline={obj.baseline}, "
+            f"scale_rewards={obj.scale_rewards}",
             f"- group size M = {self.num_generations}, {kl}",
             f"- steps: {self.state.global_step}" + (f"; objective estimate over the last {len(last)} logged steps: "
                                                     f"{float(np.mean(last)):.4g}" if last else ""),
@@ -299,11 +323,15 @@ def settings_differ(saved: dict, cfg: TrainConfig) -> list[str]:
     """The keys (trl.KEY for TRL's) in which a saved config dict and `cfg` differ, beyond RESUME_FREE."""
 
     def flat(d):
-        d = dict(d or {})
+        d = yaml.safe_load(yaml.safe_dump(d, sort_keys=False))  # the same YAML round trip for both
         return {**{k: v for k, v in d.items() if k != "trl"}, **{f"trl.{k}": v for k, v in (d.get("trl") or {}).items()}}
 
-    saved = flat(saved)
-    now = flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False)))  # the same YAML round trip
+    saved = saved or {}
+    try:  # read as any config, so that one written by an earlier version compares by what it means
+        saved = to_dict(load_config(None, check_model=False, **saved))
+    except ConfigError:
+        pass  # one this version cannot read is compared as written
+    saved, now = flat(saved), flat(to_dict(cfg))
     return sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
 
 
@@ -318,17 +346,17 @@ def build_rewards(cfg: TrainConfig, tokenizer):
     from .rewards import build_reward
 
     store = None
-    if any(c.get("calibrated") for c in cfg.criteria):
+    if any(c.calibrated for c in cfg.criteria):
         from .ctrl import CalibrationStore
 
         store = CalibrationStore.load(cfg.calibration)
     funcs = []
     for c in cfg.criteria:
-        fn = build_reward(c["reward"], tokenizer=tokenizer)
-        if c.get("calibrated"):
+        fn = build_reward(c.reward, tokenizer=tokenizer)
+        if c.calibrated:
             from .ctrl import calibrated_transformed_reward
 
-            fn = calibrated_transformed_reward(fn, store, c["name"], c.get("transform") or "identity")
+            fn = calibrated_transformed_reward(fn, store, c.name, c.transform or "identity")
         funcs.append(fn)
     return funcs
 
@@ -364,8 +392,9 @@ def build_trainer(cfg: TrainConfig, callbacks=(), command=None):
     """The IAMATrainer for `cfg`, and the tokenizer; loads the model and the rewards."""
     from transformers import AutoTokenizer
 
-    from .data import load_prompts, prompt_dataset
+    from .data import load_prompts, prompt_dataset, require_column
     from .models import resolve_model
+    from .rewards import Answer
 
     model_path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -379,8 +408,12 @@ def build_trainer(cfg: TrainConfig, callbacks=(), command=None):
 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
+    rewards = build_rewards(cfg, tokenizer)
+    for fn in rewards:
+        if isinstance(fn, Answer):  # its reference answers come from a column of the prompts
+            require_column(prompts, fn.column, cfg.prompts)
     trainer = IAMATrainer(
-        model=model_path, reward_funcs=build_rewards(cfg, tokenizer), args=grpo_config(cfg),
+        model=model_path, reward_funcs=rewards, args=grpo_config(cfg),
         train_dataset=prompt_dataset(prompts, tokenizer), processing_class=tokenizer, peft_config=peft_config,
         objective=build_objective(cfg), target_kl=cfg.target_kl, kl_gain=cfg.kl_gain, callbacks=list(callbacks),
         invalid_rewards=cfg.invalid_rewards, command=command,
@@ -431,7 +464,9 @@ def train(cfg: TrainConfig, command: str | None = None) -> Path:
     trainer, tokenizer = build_trainer(cfg, command=command)
     checkpoint = last_checkpoint(out) if cfg.resume else None
     if trainer.accelerator.is_main_process:
-        print(f"iama: {trainer.objective.describe()}; M={cfg.num_generations}; model={cfg.model}"
+        obj = trainer.objective
+        print(f"iama: {obj.describe()}, estimator={obj.estimator}, baseline={obj.baseline}; "
+              f"M={cfg.num_generations}; model={cfg.model}"
               + (f"; resuming from {checkpoint}" if checkpoint else ""))
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.accelerator.wait_for_everyone()

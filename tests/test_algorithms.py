@@ -8,11 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iama.algorithms import (BestOfN, Sampling, SoftBestOfN, Tilted, WorstOfN, _generic_estimates,
+from iama.algorithms import (ALGORITHMS, BestOfN, MajorityVote, Sampling, SoftBestOfN, Tilted, WorstOfN, _generic_estimates,
                              parse_algorithm)
 
 N_SAMPLE = [Sampling(), BestOfN(2), BestOfN(3), WorstOfN(2), WorstOfN(4), SoftBestOfN(3, 0.4), SoftBestOfN(2, 2.0)]
 ALL = N_SAMPLE + [Tilted(0.5), Tilted(3.0)]
+ANSWER_BASED = [MajorityVote(3)]  # select by answers too: pinned in tests/test_majority.py
 
 
 def problem(seed, k=4, ties=True):
@@ -176,6 +177,45 @@ def test_value_estimates_for_every_n_from_one_pool():
     assert WorstOfN(5).estimate_value(g) == pytest.approx(1.0)
     brute = np.mean([max(s) for s in itertools.combinations(g, 3)])
     assert BestOfN(3).estimate_value(g) == pytest.approx(brute)
+
+
+@pytest.mark.parametrize("alg", ALL, ids=repr)
+def test_estimate_values_at_every_n_are_the_estimates_at_each_n(alg):
+    """One pool, several N at once (evaluation), equals the algorithm at each N (training)."""
+    g = np.random.default_rng(4).normal(size=(3, 6))
+    ns = [1, 2, 4, 6] if alg.increasing is not None else [alg.n or 6]
+    expected = np.stack([alg.at(n).estimate_value(g, rng=0) for n in ns], axis=-1)
+    np.testing.assert_allclose(alg.estimate_values(g, ns, rng=0), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [BestOfN, WorstOfN, Sampling])
+def test_pool_weights_by_enumeration(cls):
+    """pool_weights[k, i]: the share of the N-subsets of M distinct samples in which the algorithm at ns[k]
+    selects the i-th smallest."""
+    m, ns = 6, ([1] if cls is Sampling else [1, 2, 3, 6])
+    alg = cls() if cls is Sampling else cls(2)
+    brute = np.zeros((len(ns), m))
+    for k, n in enumerate(ns):
+        subsets = list(itertools.combinations(range(m), n))  # indices into the sorted pool
+        for sub in subsets:  # the rewards are the ranks, so select returns the selected one's place in sub
+            brute[k, sub[alg.at(n).select(np.array(sub, dtype=float))]] += 1 / len(subsets)
+    np.testing.assert_allclose(alg.pool_weights(m, ns), brute, atol=1e-12)
+
+
+def test_the_table_reads_back_family_spec_and_n():
+    assert {type(alg) for alg in ALL + ANSWER_BASED} == set(ALGORITHMS.values())  # so every algorithm is pinned
+    for alg in ALL + ANSWER_BASED:
+        assert ALGORITHMS[alg.name] is type(alg)
+        assert parse_algorithm(alg.spec) == alg
+        if alg.increasing is None:  # N is not in the spec
+            assert alg.family == alg.spec and alg.at(alg.n or 5) is alg
+        else:
+            assert parse_algorithm(alg.family, n=alg.n) == alg
+            assert alg.at(5) == parse_algorithm(alg.family, n=5) and alg.at(5).spec.startswith(f"{alg.name}:5")
+    assert [BestOfN(2).increasing, WorstOfN(2).increasing, SoftBestOfN(2, 1.0).increasing] == [True, False, True]
+    assert parse_algorithm("soft_bon:4:0.1", n=2) == SoftBestOfN(4, 0.1)  # n only fills in a missing N
+    with pytest.raises(ValueError, match="N = 1"):
+        Sampling().at(2)
 
 
 @pytest.mark.parametrize("estimator", ["unbiased", "plugin"])

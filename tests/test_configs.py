@@ -1,8 +1,10 @@
 """Every shipped config loads and validates (no model is loaded)."""
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from iama.config import load_config
 
@@ -21,7 +23,8 @@ def test_there_are_configs():
 
 
 def test_the_import_graph_has_no_circle():
-    """Modules import one way (config at the bottom, ctrl and trainer above it): no module reaches itself."""
+    """Modules import one way (algorithms and objective at the bottom, config above them, ctrl and trainer above
+    it): no module reaches itself."""
     import ast
 
     package = Path(__file__).resolve().parents[1] / "iama"
@@ -47,6 +50,63 @@ def test_the_import_graph_has_no_circle():
                 todo.extend(graph.get(m, ()))
         return False
 
-    assert "iama.config" in graph["iama.trainer"] and "iama.algorithms" in graph["iama.config"]  # edges are found
+    assert "iama.config" in graph["iama.trainer"] and "iama.objective" in graph["iama.config"]  # edges are found
     circles = sorted((a, b) for a in graph for b in graph[a] if reaches(b, a))
     assert circles == []
+
+
+@pytest.mark.parametrize("raw, message", [
+    ([], "criteria must be a list of at least one criterion"),
+    ([{"reward": "length:8:32"}], "criterion 0 must be a mapping with at least a 'name'"),
+    ([{"name": "a", "colour": "red"}], "criterion 'a': unknown field(s) colour; allowed: name, reward"),
+    ([{"name": "a", "algorithm": "best:4"}], "criterion 'a': unknown algorithm 'best:4'"),
+    ([{"name": "a", "weight": -1}], "criterion 'a': weight must be a finite number >= 0"),
+    ([{"name": "a", "transform": "log"}], "criterion 'a': a transform applies to calibrated rewards"),
+    ([{"name": "a", "calibrated": True, "transform": "cube"}], "criterion 'a': bad transform 'cube'"),
+    ([{"name": "a"}, {"name": "a"}], "criterion names must be unique"),
+])
+def test_parse_criteria_says_what_is_wrong_in_one_line(raw, message):
+    from iama import parse_criteria
+    from iama.config import ConfigError
+
+    with pytest.raises(ValueError) as e:
+        parse_criteria(raw)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=re.escape(message)):  # the same line from a config
+        load_config(None, criteria=raw)
+
+
+def test_criteria_round_trip_through_a_config_and_its_yaml(tmp_path):
+    from iama import Criterion, parse_criteria
+    from iama.config import to_dict
+
+    raw = [{"name": "short", "reward": "length:8:32", "algorithm": "BoN:4", "weight": 0.5},
+           {"name": "calm", "reward": "length:24:32", "calibrated": True, "transform": "log"}]
+    criteria = parse_criteria(raw)
+    assert criteria[0] == Criterion("short", "bon:4", 0.5, "length:8:32") and criteria[1].algorithm.spec == "sampling"
+    assert parse_criteria([c.to_dict() for c in criteria]) == criteria
+    cfg = load_config(None, criteria=raw, calibration=str(tmp_path / "store.json"))
+    saved = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    assert yaml.safe_load(saved)["criteria"][0] == {"name": "short", "reward": "length:8:32", "algorithm": "bon:4",
+                                                    "weight": 0.5}  # plain mappings in the YAML
+    (tmp_path / "config.yaml").write_text(saved)
+    again = load_config(tmp_path / "config.yaml")
+    assert again.criteria == criteria and to_dict(again) == to_dict(cfg)
+
+
+def test_a_run_of_an_earlier_version_reads_as_what_it_means(tmp_path):
+    """Earlier versions saved the criteria as written (no weight, non-canonical algorithms): a run directory
+    still loads, and resuming it under the same settings finds nothing changed."""
+    from iama.config import to_dict
+    from iama.trainer import settings_differ
+
+    cfg = load_config(None, criteria=[{"name": "len", "reward": "length:8:32", "algorithm": "bon:4"}],
+                      output_dir=str(tmp_path / "run"))
+    old = {**to_dict(cfg), "criteria": [{"name": "len", "reward": "length:8:32", "algorithm": "BoN:4"}]}
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "iama_config.yaml").write_text(yaml.safe_dump(old))
+    run = load_config(tmp_path / "run", check_model=False)
+    assert run.criteria == cfg.criteria and run.trl == cfg.trl
+    assert settings_differ(old, cfg) == []
+    assert settings_differ(old, load_config(None, criteria=[{"name": "len", "reward": "length:8:32"}])) == [
+        "criteria"]

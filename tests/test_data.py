@@ -177,3 +177,155 @@ def test_one_prompt_key_for_pools_and_calibration_stores(tmp_path):
     pool = Pool.from_records([record], ["r"], "m")
     assert pool.subset([prompt_key(conv)]).rewards.shape[0] == 1
     assert "東京" in prompt_key(conv)  # not escaped: the key is the text people read in the store
+
+
+# ---- extra columns (reference answers and the like) ---------------------------------------------------------
+
+
+def test_jsonl_columns_are_carried_beside_the_prompts(tmp_path):
+    from iama.data import Prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "2 + 2?", "answer": "4", "level": 1}\n{"prompt": "3 * 3?", "answer": 9}\n"bare?"\n'
+                    '{"prompt": "x?", "answer": "7", "completions": "no", "images": []}\n')
+    prompts = load_prompts(str(path))
+    assert isinstance(prompts, Prompts) and prompts == ["2 + 2?", "3 * 3?", "bare?", "x?"]
+    # a missing field or a bare-string row is None; names TRL uses for something else are left out
+    assert prompts.columns == {"answer": ["4", 9, None, "7"], "level": [1, None, None, None]}
+    assert load_prompts(str(path), limit=2).columns == {"answer": ["4", 9], "level": [1, None]}
+    head = prompts[1:3]
+    assert isinstance(head, Prompts) and head == ["3 * 3?", "bare?"] and head.columns["answer"] == [9, None]
+    assert prompts[0] == "2 + 2?" and type(prompts + ["y"]) is list
+
+
+def test_prompt_dataset_carries_the_columns_for_the_rewards(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "2 + 2?", "answer": "4"}\n{"prompt": "3 * 3?", "answer": 9}\n')
+    prompts = load_prompts(str(path))
+    ds = prompt_dataset(prompts)
+    assert ds.column_names == ["prompt", "answer"]
+    assert ds.to_list() == [{"prompt": "2 + 2?", "answer": "4"}, {"prompt": "3 * 3?", "answer": "9"}]  # one type
+    _, tok = tiny_gpt2()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    conv = prompt_dataset(prompts[1:], tok)
+    assert conv[0] == {"prompt": [{"role": "user", "content": "3 * 3?"}], "answer": 9}
+    # a file without extra fields gives the dataset it always gave
+    (tmp_path / "plain.jsonl").write_text('{"prompt": "a"}\n"b"\n')
+    assert prompt_dataset(load_prompts(str(tmp_path / "plain.jsonl"))).to_list() == [{"prompt": "a"}, {"prompt": "b"}]
+    (tmp_path / "plain.txt").write_text("a\nb\n")
+    assert load_prompts(str(tmp_path / "plain.txt")).columns == {}
+
+
+def test_json_and_csv_columns(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps([{"q": "x?", "answer": "1"}, {"q": "y?"}]))
+    assert load_prompts(str(tmp_path / "p.json"), column="q").columns == {"answer": ["1", None]}
+    (tmp_path / "p.csv").write_text("prompt,answer\nx?,1\ny?,2\n")
+    assert load_prompts(str(tmp_path / "p.csv")).columns == {"answer": ["1", "2"]}
+
+
+def test_hf_dataset_columns(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"question": "a?", "answer": "1", "id": 0}\n'
+                                          '{"question": "b?", "answer": "2", "id": 1}\n')
+    prompts = load_prompts(f"hf:{tmp_path}", column="question")
+    assert prompts == ["a?", "b?"] and prompts.columns == {"answer": ["1", "2"], "id": [0, 1]}
+    assert load_prompts(f"hf:{tmp_path}", column="question", limit=1).columns == {"answer": ["1"], "id": [0]}
+    assert prompt_dataset(prompts).column_names == ["prompt", "answer", "id"]
+
+
+def test_require_column_names_the_column_and_the_source(tmp_path):
+    from iama.data import require_column
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a?", "answer": "1"}\n{"prompt": "b?", "answer": " "}\n{"prompt": "c?"}\n')
+    prompts = load_prompts(str(path))
+    require_column(prompts[:1], "answer", path)
+    with pytest.raises(ValueError, match=r"p\.jsonl': column 'answer' is empty or missing for 2 of 3 prompts "
+                                         r"\(the first is prompt 1") as e:
+        require_column(prompts, "answer", path)
+    with pytest.raises(ValueError, match=r"prompts '.*p\.jsonl': no column 'solution'; it has \['answer'\]"):
+        require_column(prompts, "solution", path)
+    (tmp_path / "p.txt").write_text("a?\n")
+    with pytest.raises(ValueError, match="no column 'answer'; it has no columns besides the prompt") as e:
+        require_column(load_prompts(str(tmp_path / "p.txt")), "answer", tmp_path / "p.txt")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"no column 'answer'; it has \['category'\]"):
+        require_column(load_prompts("builtin:tiny"), "answer", "builtin:tiny")
+    with pytest.raises(ValueError, match="no column 'answer'"):
+        require_column(["a plain list"], "answer", "mine")
+    require_column(load_prompts("builtin:arith"), "answer", "builtin:arith")
+
+
+def test_grpo_passes_the_columns_to_the_rewards(tiny_gpt2_dir, tmp_path):
+    """TRL's GRPOTrainer gives each reward function the dataset's other columns, aligned with the completions."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from iama.models import load_model
+    from iama.rewards import build_reward
+
+    path = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"the day {i} was", "answer": str(i)} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, tok = load_model(tiny_gpt2_dir)
+    seen = []
+
+    def spy(prompts, completions, completion_ids=None, answer=None, **kwargs):
+        seen.extend(zip(prompts, answer))
+        return [0.0] * len(prompts)
+
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4,
+                      max_completion_length=8, max_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0)
+    trainer = GRPOTrainer(model=model, processing_class=tok, args=args, reward_funcs=[spy, build_reward("answer")],
+                          train_dataset=prompt_dataset(load_prompts(str(path)), tok))
+    trainer.train()
+    assert len(seen) == 8 and all(p == f"the day {a} was" for p, a in seen)
+    assert "rewards/answer/mean" in trainer.state.log_history[0]
+
+
+# ---- builtin:arith -------------------------------------------------------------------------------------------
+
+
+def test_arith_prompt_set_is_what_its_generator_writes(tmp_path):
+    """builtin:arith is iama/prompts/arith.jsonl, which `python -m iama.prompts.arith` rewrites from a fixed seed:
+    regenerating gives the shipped file byte for byte, and the first 240 rows are train, the last 60 test."""
+    from iama.decode import collect_prompts
+    from iama.prompts import arith
+
+    assert arith.render(arith.generate()) == arith.render(arith.generate())  # no hidden state
+    assert builtin_path("arith").read_text(encoding="utf-8") == arith.render(arith.generate())
+    assert arith.main(["--check"]) == 0
+    assert arith.main(["--out", str(tmp_path / "a.jsonl")]) == 0
+    assert (tmp_path / "a.jsonl").read_bytes() == builtin_path("arith").read_bytes()
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    assert arith.main(["--check", "--out", str(tmp_path / "a.jsonl")]) == 1
+
+    rows = [json.loads(line) for line in builtin_path("arith").read_text(encoding="utf-8").splitlines()]
+    prompts = load_prompts("builtin:arith")
+    assert len(rows) == len(prompts) == 300 and prompts == [row["prompt"] for row in rows]
+    assert all(set(row) == {"prompt", "answer", "kind", "split"} for row in rows)
+    assert [row["split"] for row in rows] == ["train"] * 240 + ["test"] * 60
+    assert len(set(prompts)) == 300 and all(p.endswith(arith.INSTRUCTION) for p in prompts)
+    assert all(isinstance(row["answer"], str) and row["answer"].isdigit() for row in rows)
+    assert prompts.columns["answer"] == [row["answer"] for row in rows]
+    assert {row["kind"] for row in rows[240:]} == {row["kind"] for row in rows}  # every kind held out
+    assert {row["kind"] for row in rows[:40]} == {row["kind"] for row in rows}  # and in a short prefix
+    held_out = collect_prompts(source="builtin:arith", offset=240, limit=60)
+    assert held_out == prompts[240:] and not set(held_out) & set(prompts[:240])
+
+
+def test_arith_answers_are_right():
+    """Each reference answer is the value of the problem's arithmetic, and the answer reward accepts it."""
+    from iama.rewards import build_reward
+
+    prompts = load_prompts("builtin:arith")
+    for prompt, answer in zip(prompts, prompts.columns["answer"]):
+        numbers = [int(n) for n in re.findall(r"\d+", prompt)]
+        expression = re.search(r"(\d+ [-+*] \d+(?: [-+*] \d+)?)[?.]", prompt)
+        if expression:
+            assert int(answer) == eval(expression.group(1), {"__builtins__": {}}), prompt
+        elif "more" in prompt:
+            assert int(answer) == numbers[0] + numbers[1], prompt
+        else:
+            assert "in each" in prompt and int(answer) == numbers[0] * numbers[1], prompt
+    reward = build_reward("answer")
+    assert reward(prompts=prompts[:20], completions=prompts.columns["answer"][:20],
+                  answer=prompts.columns["answer"][:20]) == [1.0] * 20

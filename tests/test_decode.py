@@ -116,7 +116,7 @@ def test_decode_from_a_run_directory_uses_its_criteria_and_generation_settings(t
               "trl": {"max_completion_length": 5, "temperature": 1.0}}
     (run / "final" / "iama_config.yaml").write_text(yaml.safe_dump(config))
     spec = parse_model_arg(str(run))
-    assert spec.label == "my-run" and spec.model.endswith("final") and spec.config["criteria"][0]["name"] == "len"
+    assert spec.label == "my-run" and spec.model.endswith("final") and spec.config.criteria[0].name == "len"
     assert parse_model_arg(f"mine={run}").label == "mine"
     records = decode(PROMPTS[:3], str(run), algorithm="bon:3", progress=False)
     assert all(c["num_tokens"] <= 5 for r in records for c in r["candidates"])  # the run's max_completion_length

@@ -314,6 +314,11 @@ def test_relevance_specs_and_missing_models(relevance, tmp_path, monkeypatch):
     ({"type": "hf", "model": "x", "index": 1.5}, "index must be an integer"),
     ({"type": "callable"}, "needs 'path'"),
     ({"type": "sentiment", "name": ""}, "'name' must be a non-empty string"),
+    ("answer:", "needs a column name"),
+    ({"type": "answer", "column": 3}, "needs a column name"),
+    ({"type": "answer", "timeout": -1}, "timeout must be a finite number >= 0"),
+    ({"type": "answer", "timeout": 1.5}, "timeout must be an integer"),
+    ({"type": "answer", "model": "x"}, "unknown keys \\['model'\\]"),
 ])
 def test_bad_specs_raise_one_clear_line(spec, match):
     for fn in (check_reward, build_reward):
@@ -329,3 +334,117 @@ def test_good_specs_check_cleanly():
     assert build_reward("length:8.5:32").__name__ == "length_8.5"
     assert math.isclose(build_reward("length:8.5:32")(prompts=["p"], completions=["x"], completion_ids=[[1]])[0],
                         -((1 - 8.5) / 32) ** 2)
+
+
+# ---- answer (verifiable correctness, math-verify) ------------------------------------------------------------
+
+
+def test_answer_reward_scores_the_final_answer_against_the_reference():
+    fn = build_reward("answer")
+    completions = ["12", "So 5 + 7 = 12.", "The answer is 13.", "I do not know.", "",
+                   _chat("First 3 * 3 = 9, then 9 + 3 = 12. The final answer is 12.")]
+    assert fn(prompts=["p"] * 6, completions=completions, answer=["12"] * 6) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    assert fn.__name__ == "answer" and fn.column == "answer"
+    assert fn(prompts=[], completions=[], answer=[]) == []
+
+
+@pytest.mark.parametrize("completion", ["\\boxed{12}", "$12$", "The answer is $\\boxed{12}$.", "12.0",
+                                        "$\\frac{24}{2}$"])
+def test_answer_reward_reads_latex_and_plain_alike(completion):
+    fn = build_reward("answer")
+    for reference in ("12", 12, "$12$", "\\boxed{12}", "\\frac{24}{2}"):
+        assert fn(prompts=["p"], completions=[completion], answer=[reference]) == [1.0], (completion, reference)
+    assert fn(prompts=["p"], completions=[completion], answer=["13"]) == [0.0]
+
+
+def test_answer_reward_matches_each_completion_with_its_own_reference():
+    fn = build_reward({"type": "answer", "column": "solution", "name": "correct"})
+    assert (fn.__name__, fn.column) == ("correct", "solution")
+    assert build_reward("answer:solution").__name__ == "answer_solution"
+    got = fn(prompts=["a", "a", "b", "b"], completions=["4", "5", "\\boxed{5}", "4"], solution=["4", "4", "5", "5"],
+             answer=["0"] * 4, trainer_state=None)  # other columns and TRL's extra arguments are ignored
+    assert got == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_answer_reward_without_its_column_names_it():
+    fn = build_reward("answer:solution")
+    with pytest.raises(ValueError, match=r"no reference column 'solution'.*columns given: \['answer'\]") as e:
+        fn(prompts=["p"], completions=["4"], answer=["4"], trainer_state=None)
+    assert "\n" not in str(e.value) and "answer:COLUMN" in str(e.value)
+    with pytest.raises(ValueError, match="one reference per completion: 2 completions, got 1"):
+        fn(prompts=["p", "p"], completions=["4", "4"], solution=["4"])
+
+
+def test_answer_reward_gives_none_where_the_reference_is_missing_or_unreadable():
+    fn = build_reward("answer")
+    got = fn(prompts=["p"] * 5, completions=["4"] * 5, answer=[None, "", "  ", "\\", "4"])
+    assert got == [None, None, None, None, 1.0]
+
+
+def test_answer_keys_group_equal_answers():
+    fn = build_reward("answer")
+    keys = fn.answers(["12", "\\boxed{12}", "$12$", "The answer is 12.0.", _chat("It is $2 \\cdot 6$"), "0.5",
+                       "$\\frac{1}{2}$", "13", "I do not know.", ""])
+    assert keys[:5] == ["12"] * 5
+    assert keys[5] == keys[6] == "1/2"
+    assert keys[7] == "13" and keys[8] is None and keys[9] is None
+    assert all(hash(k) is not None for k in keys)
+    assert fn.answers([]) == []
+
+
+def test_answer_parsing_failures_and_timeouts_are_no_answer(monkeypatch):
+    import math_verify
+    from math_verify.errors import TimeoutException
+
+    fn = build_reward("answer")
+    real_parse = math_verify.parse
+
+    def flaky(text, **kwargs):
+        if "boom" in text:
+            raise RuntimeError("parser bug")
+        if "slow" in text:
+            raise TimeoutException("Operation timed out!")
+        return real_parse(text, **kwargs)
+
+    monkeypatch.setattr(math_verify, "parse", flaky)
+    got = fn(prompts=["p"] * 3, completions=["boom 12", "slow 12", "12"], answer=["12"] * 3)
+    assert got == [0.0, 0.0, 1.0]
+    assert fn.answers(["boom 12", "slow 12"]) == [None, None]
+
+
+def test_answer_reward_works_outside_the_main_thread():
+    """math-verify's default SIGALRM timeout raises outside the main thread; the reward turns it off there."""
+    import threading
+
+    fn = build_reward("answer")
+    completions, references = ["\\boxed{12}", "11", "no idea"], ["12", "12", "12"]
+    out = {}
+
+    def work():
+        try:
+            out["scores"] = fn(prompts=["p"] * 3, completions=completions, answer=references)
+            out["keys"] = fn.answers(completions)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            out["error"] = e
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert "error" not in out, out.get("error")
+    assert out["scores"] == [1.0, 0.0, 0.0] and out["keys"] == ["12", "11", None]
+    assert fn._timeout() == 5 and rewards.Answer(timeout=0)._timeout() is None
+
+
+def test_answer_reward_pickles_and_checks(monkeypatch):
+    fn = build_reward({"type": "answer", "column": "gold", "timeout": 2})
+    copy = pickle.loads(pickle.dumps(fn))
+    assert (copy.column, copy.timeout, copy.__name__) == ("gold", 2, "answer_gold")
+    assert copy(prompts=["p"], completions=["$3$"], gold=["3"]) == [1.0]
+    for spec in ("answer", "answer:gold", {"type": "answer"}, {"type": "answer", "column": "gold", "timeout": 0}):
+        check_reward(spec)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else real(name, *a))
+    with pytest.raises(ValueError, match="needs the math-verify package: pip install math-verify"):
+        check_reward("answer")

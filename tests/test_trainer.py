@@ -81,7 +81,7 @@ def test_sampling_with_group_mean_equals_trl_advantages(tmp_path):
     ours = trainer.iama_estimates(trainer._gathered_rewards, cfg.num_generations).advantages.reshape(-1)
     assert out["advantages"].abs().max() > 0.1
     # TRL divides by std + 1e-4, iama by std alone
-    weighted = trainer._gathered_rewards @ torch.tensor([c["weight"] for c in cfg.criteria])
+    weighted = trainer._gathered_rewards @ torch.tensor([c.weight for c in cfg.criteria])
     std = weighted.view(-1, cfg.num_generations).std(1, keepdim=True).expand(-1, cfg.num_generations).reshape(-1)
     torch.testing.assert_close((ours * std / (std + 1e-4)).to(out["advantages"]), out["advantages"],
                                atol=1e-5, rtol=1e-5)
@@ -274,6 +274,9 @@ def test_lora_is_merged_into_final(tmp_path):
     ("criteria.0.reward=bogus", "bogus"),
     ("num_generations=3", "smaller than N=4"),
     ("criteria.0.weight=-1", "weight"),
+    ("criteria.0.colour=red", "criterion 'short': unknown field(s) colour"),
+    ("criteria.0.transform=log", "a transform applies to calibrated rewards"),
+    ("criteria.1.reward=null", "criterion 'long' needs a reward"),
     ("model=no/such-model-here", "not found"),
     ("frobnicate=1", "unknown config key"),
     ("aggregator=max", "unknown aggregator"),
@@ -423,3 +426,71 @@ def test_default_scaling_trains_best_of_m_like_grpo(tmp_path):
         assert 0.05 < log["grad_norm"].mean() / logs["grpo"]["grad_norm"].mean() < 20, label
         objective = log["iama/objective"]
         assert objective[-8:].mean() > objective[:8].mean(), label
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_generation_runs_under_the_losss_autocast_with_bf16_on_cpu(tmp_path, monkeypatch, bf16):
+    """TRL autocasts only the loss; with bf16 on a CPU iama samples under the same autocast (the demo's speed)."""
+    trainer, _ = build_trainer(tiny_cfg(tmp_path, f"bf16={str(bf16).lower()}"))
+    seen = []
+    monkeypatch.setattr(GRPOTrainer, "_generate", lambda self, prompts: seen.append(
+        (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+    trainer._generate(["a prompt"])
+    assert seen == [(bf16, torch.bfloat16)] if bf16 else seen[0][0] is False
+
+
+class LengthAnswer:
+    """A stand-in for the `answer` reward that tiny-gpt2 can satisfy: a completion's answer is its length in
+    characters mod 3, right if it equals the prompt's `answer` column (which TRL passes as a keyword argument)."""
+
+    __name__ = "length_answer"
+
+    def answers(self, completions):
+        from iama.rewards import text_of
+
+        return [str(len(text_of(c)) % 3) for c in completions]
+
+    def __call__(self, prompts, completions, answer, **kwargs):
+        return [float(a == ref) for a, ref in zip(self.answers(completions), answer)]
+
+
+def test_majority_vote_trains_from_a_datasets_answer_column(tmp_path):
+    from iama.config import grpo_config
+    from iama.data import Prompts, prompt_dataset
+    from iama.models import resolve_model
+    from iama.objective import Criterion, Objective
+    from iama.trainer import IAMATrainer
+
+    from transformers import AutoTokenizer
+
+    cfg = tiny_cfg(tmp_path, "num_generations=8", "criteria=[{name: vote, reward: answer, algorithm: 'maj:4'}]")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-gpt2"), padding_side="left")
+    prompts = Prompts(["a b c", "d e f", "g h i", "j k l"] * 4, {"answer": [str(i % 3) for i in range(16)]})
+    reward = LengthAnswer()
+    trainer = IAMATrainer(model=resolve_model("tiny-gpt2"), reward_funcs=[reward], args=grpo_config(cfg),
+                          train_dataset=prompt_dataset(prompts, tokenizer), processing_class=tokenizer,
+                          objective=Objective([Criterion("vote", "maj:4")], baseline="loo"))
+    batch = one_batch(trainer)
+    trainer.current_gradient_accumulation_steps = 1
+    out = trainer._generate_and_score_completions(batch)
+    texts = tokenizer.batch_decode(out["completion_ids"], skip_special_tokens=True)
+    answers = trainer._gathered_answers
+    assert len(answers) == len(texts) and len(set(answers)) > 1
+    est = trainer.objective(trainer._gathered_rewards.view(-1, 8, 1).numpy(),
+                            answers=[answers[i : i + 8] for i in range(0, len(answers), 8)])
+    torch.testing.assert_close(out["advantages"], torch.as_tensor(est.advantages.reshape(-1), dtype=torch.float32))
+    assert out["advantages"].abs().max() > 0  # the vote moves something
+    trainer.train()
+    logged = [h["iama/vote/maj:4"] for h in trainer.state.log_history if "iama/vote/maj:4" in h]
+    assert len(logged) == 2 and all(0 <= v <= 1 for v in logged)
+
+
+def test_majority_vote_on_a_reward_without_answers_is_one_error(tmp_path, capsys, monkeypatch):
+    import iama.trainer
+
+    monkeypatch.setattr(iama.trainer, "build_trainer", lambda *a, **k: pytest.fail("got past the config"))
+    assert main(["train", str(TINY), "criteria=[{name: v, reward: 'length:8:32', algorithm: 'maj:4'}]",
+                 f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("iama: error: criterion 'v' uses maj:4, which votes on answers, but its reward")

@@ -482,7 +482,7 @@ def test_same_advantages_as_a_trl_config(base_algorithm):
     config = copy.deepcopy(base_algorithm)
     config.update({"adv_estimator": "iama", "iama_aggregator": cfg.aggregator, "iama_gamma": cfg.gamma,
                    "iama_estimator": cfg.estimator, "iama_baseline": cfg.baseline,
-                   "iama_criteria": [{"name": c["name"], "algorithm": c["algorithm"], "weight": c["weight"],
+                   "iama_criteria": [{"name": c.name, "algorithm": c.algorithm.spec, "weight": c.weight,
                                       "key": f"crit{i + 1}"} for i, c in enumerate(cfg.criteria)]})
     expected = build_objective(cfg)(np.stack(groups)[..., 1:]).advantages
     data, rows, mask, _ = _batch(groups, rng, shuffle=True)

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 
 from ..algorithms import BestOfN, SoftBestOfN, Tilted, WorstOfN, parse_algorithm
-from ..objective import AGGREGATORS, BASELINES, SCALES, Criterion, Objective
+from ..objective import AGGREGATORS, BASELINES, SCALES, Criterion, Objective, parse_criteria
 
 try:
     from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
@@ -86,6 +86,8 @@ ALL_KEYS = frozenset(COMMON_KEYS).union(*ESTIMATORS.values())
 DEFAULT_N = 4
 # The field name a criterion of the `iama` estimator may set to take its reward from verl's non_tensor_batch.
 REWARD_KEY = "key"
+# A criterion's fields here, as Criterion's: the reward is the key (None: verl's own); no calibration (iama train's)
+CRITERION_FIELDS = {"name": "name", "algorithm": "algorithm", "weight": "weight", REWARD_KEY: "reward"}
 INVALID_REWARDS = ("stop", "drop")  # as `iama train`: stop naming the reward, or drop the sample
 logger = logging.getLogger(__name__)
 
@@ -159,18 +161,11 @@ def objective_from_config(name: str, config=None) -> tuple[Objective, list[str |
         if spec is not None:
             criteria, keys = [Criterion("reward", parse_algorithm(spec))], [None]
         else:
-            if not isinstance(listed, list) or not listed:
-                raise ValueError("algorithm.iama_criteria must be a non-empty list of {name, algorithm, weight, key}")
-            criteria, keys = [], []
-            for i, c in enumerate(listed):
-                if not isinstance(c, dict) or "name" not in c:
-                    raise ValueError(f"algorithm.iama_criteria[{i}] must be a mapping with at least a 'name'")
-                extra = sorted(set(c) - {"name", "algorithm", "weight", REWARD_KEY})
-                if extra:
-                    raise ValueError(f"algorithm.iama_criteria[{i}] ({c['name']!r}): unknown field(s) {extra}; "
-                                     f"allowed: name, algorithm, weight, {REWARD_KEY}")
-                criteria.append(Criterion(str(c["name"]), c.get("algorithm", "sampling"), float(c.get("weight", 1.0))))
-                keys.append(None if c.get(REWARD_KEY) is None else str(c[REWARD_KEY]))
+            try:
+                criteria = parse_criteria(listed, fields=CRITERION_FIELDS)
+            except ValueError as e:
+                raise ValueError(f"algorithm.iama_criteria: {e}") from None
+            keys = [None if c.reward is None else str(c.reward) for c in criteria]
         aggregator, gamma = _get(config, "iama_aggregator", "sum"), float(_get(config, "iama_gamma", 1.0))
     else:
         algorithm = {"iama_bon": lambda: BestOfN(_n(config)), "iama_won": lambda: WorstOfN(_n(config)),
