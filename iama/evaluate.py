@@ -633,89 +633,23 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     kl: also estimate each sampled model's KL to the reference model from its pool (iama.kl; plain sampling
     only); it costs two forward passes per sample, about as much as drawing the pools again.
     Returns the report (the content of report.json)."""
-    from .config import TrainConfig, load_config
-    from .decode import (GenerationSettings, build_rewards, check_prompt_columns, collect_prompts,
-                         fill_answers, make_backend, parse_model_arg, read_pool, sample_pool)
+    from .decode import parse_model_arg, read_pool
 
     specs = [parse_model_arg(a) for a in models or ()]
     pool_records = [r for path in pools or () for r in read_pool(path)]
     if not specs and not pool_records:
         raise ValueError("nothing to evaluate: give models or --pool files")
-    if isinstance(config, TrainConfig):
-        run_config, criteria_source = config, "the config given"
-    elif config is not None:
-        run_config, criteria_source = load_config(config, check_model=False), str(config)
-    else:
-        run_config = next((s.config for s in specs if s.config is not None), None)
-        criteria_source = None if run_config is None else "the run config of " + next(
-            repr(s.label) for s in specs if s.config is not None)
-    if run_config is not None:
-        criteria = run_config.criteria
-    elif pool_records:
-        criteria = criteria_from_pool_records(pool_records)
-        criteria_source = "the pool file"
-    else:
-        raise ValueError("no criteria: pass config (a YAML or run directory with `criteria`) or a run as a model")
-    for s in specs:  # every run must have been trained on the same criteria (weights and algorithms may differ)
-        if s.config is not None:
-            theirs = {c.name: str(c.reward) for c in s.config.criteria}
-            ours = {c.name: str(c.reward) for c in criteria}
-            if theirs != ours:
-                raise ValueError(f"run {s.label!r} was trained on criteria {theirs}, the evaluation uses {ours}; "
-                                 "evaluate models with the same criteria together")
-    if run_config is not None:
-        objective_settings = {"aggregator": run_config.aggregator, "gamma": float(run_config.gamma)}
-    else:
-        objective_settings = dict(pool_records[0].get("objective") or {"aggregator": "sum", "gamma": 1.0})
-    names = [c.name for c in criteria]
-    for a in algorithms or ():
-        family_of(a)  # unknown algorithm: ValueError now, before any sampling
-    # maj on a reward that gives no answers: one line now, before sampling (pools alone: their answers count)
-    if specs:
-        check_voting(criteria)
-    if specs and any(parse_algorithm(a, n=1).needs_answers for a in algorithms or ()) and not any(
-            reward_gives_answers(c.reward) for c in criteria):
-        voting = next(a for a in algorithms if parse_algorithm(a, n=1).needs_answers)
-        raise ValueError(f"algorithm {voting} votes on answers, and no criterion's reward gives them (a reward with "
-                         "an `answers(completions)` method, such as 'answer', does)")
-    need = max([c.algorithm.n or 1 for c in criteria])
-    if specs and m < need:
-        raise ValueError(f"M={m} samples per prompt cannot estimate N={need} of the criteria; use M >= {need}")
+    run_config, criteria, criteria_source, objective_settings = _criteria_to_evaluate(config, specs, pool_records)
+    _check_before_sampling(specs, criteria, algorithms, m)
     out = Path(out)
-    all_pools: list[Pool] = []
-    settings = None
-    prompt_list = None
+    all_pools, prompt_list, settings = [], None, None
     if specs:
-        prompt_list = collect_prompts(source=prompts, column=prompt_column, split=prompt_split, limit=limit,
-                                      offset=offset)
-        check_prompt_columns(criteria, prompt_list, prompts)  # e.g. the `answer` reward's reference column
-        settings = GenerationSettings.from_run_config(run_config, max_new_tokens=max_new_tokens,
-                                                      temperature=temperature, top_p=top_p, top_k=top_k)
-        labels = [s.label for s in specs]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"model labels must be unique, got {labels}; name them LABEL=PATH")
-        from .rewards import check_reward
-
-        for c in criteria:
-            check_reward(c.reward)
-        reward_fns = None
-        for s in specs:
-            path = out / "pools" / f"{_safe_name(s.label)}.jsonl"
-            gen = make_backend(s.model, backend, dtype=dtype, device=device, batch_size=batch_size, seed=seed)
-            if reward_fns is None:
-                reward_fns = build_rewards(criteria, gen.tokenizer)
-            records = sample_pool(gen, prompt_list, criteria, reward_fns, m=m, settings=settings, seed=seed,
-                                  label=s.label, path=path, resume=resume, progress=progress, model_arg=s.model,
-                                  objective=objective_settings)
-            del gen
-            all_pools.append(Pool.from_records(records, names, s.label))
-    taken = {p.label for p in all_pools}
-    if pool_records:
-        fill_answers(pool_records, criteria)  # a pool saved without answers: from the texts, where the reward can
-    for pool in pools_from_records(pool_records, names) if pool_records else []:
-        if pool.label in taken:
-            raise ValueError(f"model label {pool.label!r} appears both as a model and in a pool file")
-        all_pools.append(pool)
+        prompt_list, settings, all_pools = _sample_pools(
+            specs, run_config, criteria, objective_settings, out, prompts=prompts, prompt_column=prompt_column,
+            prompt_split=prompt_split, limit=limit, offset=offset, m=m, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, backend=backend, batch_size=batch_size,
+            dtype=dtype, device=device, resume=resume, progress=progress)
+    all_pools += _pools_from_files(pool_records, criteria, taken={p.label for p in all_pools})
     aligned, alignment = align_pools(all_pools, reference)
     report = estimate(aligned, criteria, aggregator=objective_settings.get("aggregator", "sum"),
                       gamma=float(objective_settings.get("gamma", 1.0)), reference=reference,
@@ -743,6 +677,103 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
 
     write_report(report, out, plots=plots)
     return report
+
+
+def _criteria_to_evaluate(config, specs, pool_records):
+    """(run config or None, criteria, where they came from, {aggregator, gamma}): from `config`, else the first
+    run's config, else the pools'. Every run evaluated must have been trained on the same criteria."""
+    from .config import TrainConfig, load_config
+
+    if isinstance(config, TrainConfig):
+        run_config, source = config, "the config given"
+    elif config is not None:
+        run_config, source = load_config(config, check_model=False), str(config)
+    else:
+        run_config = next((s.config for s in specs if s.config is not None), None)
+        source = None if run_config is None else "the run config of " + next(
+            repr(s.label) for s in specs if s.config is not None)
+    if run_config is not None:
+        criteria = run_config.criteria
+    elif pool_records:
+        criteria, source = criteria_from_pool_records(pool_records), "the pool file"
+    else:
+        raise ValueError("no criteria: pass config (a YAML or run directory with `criteria`) or a run as a model")
+    for s in specs:  # weights and algorithms may differ, the rewards may not
+        if s.config is not None:
+            theirs = {c.name: str(c.reward) for c in s.config.criteria}
+            ours = {c.name: str(c.reward) for c in criteria}
+            if theirs != ours:
+                raise ValueError(f"run {s.label!r} was trained on criteria {theirs}, the evaluation uses {ours}; "
+                                 "evaluate models with the same criteria together")
+    if run_config is not None:
+        settings = {"aggregator": run_config.aggregator, "gamma": float(run_config.gamma)}
+    else:
+        settings = dict(pool_records[0].get("objective") or {"aggregator": "sum", "gamma": 1.0})
+    return run_config, criteria, source, settings
+
+
+def _check_before_sampling(specs, criteria, algorithms, m):
+    """What can be wrong with the request, as one line, before any model loads."""
+    for a in algorithms or ():
+        family_of(a)  # an unknown algorithm
+    if not specs:
+        return  # pools alone: their saved answers count
+    check_voting(criteria)  # maj on a reward that gives no answers
+    voting = [a for a in algorithms or () if parse_algorithm(a, n=1).needs_answers]
+    if voting and not any(reward_gives_answers(c.reward) for c in criteria):
+        raise ValueError(f"algorithm {voting[0]} votes on answers, and no criterion's reward gives them (a reward "
+                         "with an `answers(completions)` method, such as 'answer', does)")
+    need = max([c.algorithm.n or 1 for c in criteria])
+    if m < need:
+        raise ValueError(f"M={m} samples per prompt cannot estimate N={need} of the criteria; use M >= {need}")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique, got {labels}; name them LABEL=PATH")
+    from .rewards import check_reward
+
+    for c in criteria:
+        check_reward(c.reward)
+
+
+def _sample_pools(specs, run_config, criteria, objective_settings, out, *, prompts, prompt_column, prompt_split,
+                  limit, offset, m, max_new_tokens, temperature, top_p, top_k, seed, backend, batch_size, dtype,
+                  device, resume, progress):
+    """(prompts, generation settings, one Pool per model): each model's pool of M per prompt, sampled and scored
+    into OUT/pools/LABEL.jsonl (resumable)."""
+    from .decode import (GenerationSettings, build_rewards, check_prompt_columns, collect_prompts, make_backend,
+                         sample_pool)
+
+    prompt_list = collect_prompts(source=prompts, column=prompt_column, split=prompt_split, limit=limit,
+                                  offset=offset)
+    check_prompt_columns(criteria, prompt_list, prompts)  # e.g. the `answer` reward's reference column
+    settings = GenerationSettings.from_run_config(run_config, max_new_tokens=max_new_tokens,
+                                                  temperature=temperature, top_p=top_p, top_k=top_k)
+    names, pools, reward_fns = [c.name for c in criteria], [], None
+    for s in specs:
+        gen = make_backend(s.model, backend, dtype=dtype, device=device, batch_size=batch_size, seed=seed)
+        if reward_fns is None:
+            reward_fns = build_rewards(criteria, gen.tokenizer)
+        records = sample_pool(gen, prompt_list, criteria, reward_fns, m=m, settings=settings, seed=seed,
+                              label=s.label, path=out / "pools" / f"{_safe_name(s.label)}.jsonl", resume=resume,
+                              progress=progress, model_arg=s.model, objective=objective_settings)
+        del gen
+        pools.append(Pool.from_records(records, names, s.label))
+    return prompt_list, settings, pools
+
+
+def _pools_from_files(pool_records, criteria, taken):
+    """The Pools of --pool files' records; a pool saved without answers gets them from its texts where the
+    reward can be built here."""
+    from .decode import fill_answers
+
+    if not pool_records:
+        return []
+    fill_answers(pool_records, criteria)
+    pools = pools_from_records(pool_records, [c.name for c in criteria])
+    for pool in pools:
+        if pool.label in taken:
+            raise ValueError(f"model label {pool.label!r} appears both as a model and in a pool file")
+    return pools
 
 
 def kl_to_reference(pools: list[Pool], specs, reference: str | None, settings, *, dtype=None, device=None,

@@ -308,9 +308,10 @@ class Answer:
     parse scores None (a missing reward: the trainer stops, or drops the sample under `invalid_rewards: drop`).
 
     `answers(completions)` gives one hashable key per completion, for grouping samples by their answer (majority
-    voting): the canonical string of math-verify's first parsed element, or None when nothing parses. A real
-    number (also an unevaluated one such as "2 \\cdot 12") is keyed by its value rounded to 9 decimals, written as
-    a fraction in lowest terms: "12", "-3", "5/2", so "12.0", "24/2" and "12" share the key "12"; anything else
+    voting): the canonical string of math-verify's first parsed element, or None when nothing parses or it is
+    arithmetic left to do (`worked_out`). A real number (also an irrational one such as 2\\sqrt{3}) is keyed by
+    its value rounded to 9 decimals, written as a fraction in lowest terms: "12", "-3", "5/2", so "12.0", "24/2"
+    and "12" share the key "12"; anything else
     (a complex number, a set, an expression with variables) by how sympy prints it. Equal keys are equal answers;
     two different non-numeric keys may still be answers that `verify` calls equal.
 
@@ -335,16 +336,38 @@ class Answer:
         return self.timeout if usable and self.timeout > 0 else None
 
     def parse(self, text) -> list:
-        """math-verify's parsed answers of `text` (most likely first), [] when nothing parses or parsing fails."""
+        """math-verify's parsed answers of `text` (most likely first), [] when nothing parses, parsing fails, or
+        what parses is arithmetic left to do (see `worked_out`)."""
         from math_verify import parse
         from math_verify.errors import TimeoutException
 
         if not isinstance(text, str) or not text.strip():
             return []
         try:
-            return list(parse(text, parsing_timeout=self._timeout()))
+            parsed = list(parse(text, parsing_timeout=self._timeout()))
         except (Exception, TimeoutException):  # a parser error or a timeout is no answer, never a failed batch
             return []
+        return parsed if self.worked_out(parsed) else []
+
+    @staticmethod
+    def worked_out(parsed) -> bool:
+        """False for an answer that is a sum, product, ... of numbers with a rational value, such as "3 - 2" in
+        "3 - 2 = ...": math-verify evaluates it and would call it equal to the reference 1, so a model learns to
+        restate the question (seen in training on builtin:arith). A number ("12", "-3", "5/2", "\\frac{5}{2}",
+        "12.0"), an irrational or symbolic expression ("2\\sqrt{3}", "x + 1") or a text answer is worked out."""
+        if not parsed or isinstance(parsed[0], str):
+            return bool(parsed)
+        import re
+
+        import sympy
+
+        first, raw = parsed[0], str(parsed[1]) if len(parsed) > 1 else ""
+        if isinstance(first, sympy.Number) or re.fullmatch(r"\s*[-+]?(\d[\d,]*(\.\d*)?|\.\d+)(\s*/\s*\d+)?\s*", raw):
+            return True
+        try:
+            return not (getattr(first, "is_number", False) and first.is_rational)
+        except Exception:
+            return True
 
     def parse_reference(self, value) -> list:
         """The parsed reference answer; a bare LaTeX reference such as \\frac{1}{2} is read as math."""

@@ -385,7 +385,8 @@ def test_answer_keys_group_equal_answers():
     fn = build_reward("answer")
     keys = fn.answers(["12", "\\boxed{12}", "$12$", "The answer is 12.0.", _chat("It is $2 \\cdot 6$"), "0.5",
                        "$\\frac{1}{2}$", "13", "I do not know.", ""])
-    assert keys[:5] == ["12"] * 5
+    assert keys[:4] == ["12"] * 4
+    assert keys[4] is None  # arithmetic left to do is no answer (test_the_answer_reward_does_not_count_a_restated_question)
     assert keys[5] == keys[6] == "1/2"
     assert keys[7] == "13" and keys[8] is None and keys[9] is None
     assert all(hash(k) is not None for k in keys)
@@ -448,3 +449,16 @@ def test_answer_reward_pickles_and_checks(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else real(name, *a))
     with pytest.raises(ValueError, match="needs the math-verify package: pip install math-verify"):
         check_reward("answer")
+
+
+def test_the_answer_reward_does_not_count_a_restated_question():
+    """math-verify evaluates "3 - 2" and calls it equal to 1: a model trained on builtin:arith learned to answer
+    "3 - 2 = ..." and scored 0.97. Arithmetic left to do is no answer; a worked-out one still verifies."""
+    from iama.rewards import Answer
+
+    reward = Answer()
+    restated = ["3 - 2 = ...", "5 + 7 = ?", "$3 \\times 4$"]
+    assert reward(completions=restated, answer=["1", "12", "12"]) == [0.0, 0.0, 0.0]
+    assert reward.answers(restated) == [None, None, None]
+    worked = ["3 - 2 = 1", "The answer is \\boxed{12}", "It is 5/2", "$2\\sqrt{3}$"]
+    assert reward(completions=worked, answer=["1", "12", "2.5", "$2\\sqrt{3}$"]) == [1.0, 1.0, 1.0, 1.0]
