@@ -351,21 +351,29 @@ class Answer:
 
     @staticmethod
     def worked_out(parsed) -> bool:
-        """False for an answer that is a sum, product, ... of numbers with a rational value, such as "3 - 2" in
-        "3 - 2 = ...": math-verify evaluates it and would call it equal to the reference 1, so a model learns to
-        restate the question (seen in training on builtin:arith). A number ("12", "-3", "5/2", "\\frac{5}{2}",
-        "12.0"), an irrational or symbolic expression ("2\\sqrt{3}", "x + 1") or a text answer is worked out."""
+        """False for an answer that is numbers joined by + - * / and integer powers, such as "3 - 2" in "3 - 2 = ..."
+        or "simplify 8 + 9.": math-verify evaluates it and would call it equal to the reference, so a model learns
+        to restate the question (seen twice in training on builtin:arith). A number ("12", "-3", "5/2",
+        "\\frac{5}{2}", "12.0"), an expression with roots, constants or variables ("2\\sqrt{3}", "x + 1") or a text
+        answer is worked out."""
         if not parsed or isinstance(parsed[0], str):
             return bool(parsed)
         import re
 
         import sympy
 
+        def arithmetic(e):
+            if e.is_Number:
+                return True
+            if isinstance(e, (sympy.Add, sympy.Mul)):
+                return all(arithmetic(a) for a in e.args)
+            return isinstance(e, sympy.Pow) and arithmetic(e.base) and e.exp.is_Integer
+
         first, raw = parsed[0], str(parsed[1]) if len(parsed) > 1 else ""
-        if isinstance(first, sympy.Number) or re.fullmatch(r"\s*[-+]?(\d[\d,]*(\.\d*)?|\.\d+)(\s*/\s*\d+)?\s*", raw):
+        if getattr(first, "is_Number", False) or re.fullmatch(r"\s*[-+]?(\d[\d,]*(\.\d*)?|\.\d+)(\s*/\s*\d+)?\s*", raw):
             return True
         try:
-            return not (getattr(first, "is_number", False) and first.is_rational)
+            return not arithmetic(first)
         except Exception:
             return True
 

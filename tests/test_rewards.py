@@ -452,13 +452,14 @@ def test_answer_reward_pickles_and_checks(monkeypatch):
 
 
 def test_the_answer_reward_does_not_count_a_restated_question():
-    """math-verify evaluates "3 - 2" and calls it equal to 1: a model trained on builtin:arith learned to answer
-    "3 - 2 = ..." and scored 0.97. Arithmetic left to do is no answer; a worked-out one still verifies."""
+    """math-verify evaluates "3 - 2" and calls it equal to 1: models trained on builtin:arith learned to answer
+    "3 - 2 = ..." (0.97 of the reward) and "I can help simplify 8 + 9." (the "9." a float). Arithmetic left to do
+    is no answer; a worked-out one still verifies."""
     from iama.rewards import Answer
 
     reward = Answer()
-    restated = ["3 - 2 = ...", "5 + 7 = ?", "$3 \\times 4$"]
-    assert reward(completions=restated, answer=["1", "12", "12"]) == [0.0, 0.0, 0.0]
-    assert reward.answers(restated) == [None, None, None]
+    restated = ["3 - 2 = ...", "5 + 7 = ?", "$3 \\times 4$", "I can help simplify 8 + 9.", "simplify 3 * 2."]
+    assert reward(completions=restated, answer=["1", "12", "12", "17", "6"]) == [0.0] * 5
+    assert reward.answers(restated) == [None] * 5
     worked = ["3 - 2 = 1", "The answer is \\boxed{12}", "It is 5/2", "$2\\sqrt{3}$"]
     assert reward(completions=worked, answer=["1", "12", "2.5", "$2\\sqrt{3}$"]) == [1.0, 1.0, 1.0, 1.0]
