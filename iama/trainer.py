@@ -24,6 +24,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from .config import ConfigError, TrainConfig, build_objective, grpo_config, load_config, to_dict, validate
+from .rewards import answers_method
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
@@ -110,7 +111,7 @@ class IAMATrainer(GRPOTrainer):
             raise ValueError(f"{len(funcs)} reward functions for {len(objective.criteria)} criteria")
         # majority voting needs each sample's answer: the voting criterion's reward gives them (`answer` does)
         voting = [(c, f) for c, f in zip(objective.criteria, funcs) if c.algorithm.needs_answers]
-        self._answers_of = voting[0][1].answers if voting and hasattr(voting[0][1], "answers") else None
+        self._answers_of = answers_method(voting[0][1]) if voting else None  # also through a renamed wrapper
         if voting and self._answers_of is None:
             c = voting[0][0]
             raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec}, which votes on answers, but its reward "
