@@ -38,7 +38,7 @@ def _decode(a):
     records = decode(prompts, a.model, a.reward or None, algorithm=a.algorithm, select_by=a.select_by,
                      config=a.config, label=a.label, out=a.out, max_new_tokens=a.max_new_tokens,
                      temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed, backend=a.backend,
-                     batch_size=a.batch_size, dtype=a.dtype, device=a.device, progress=not a.quiet)
+                     batch_size=a.batch_size, dtype=a.dtype, device=a.device, progress=a.progress)
     if a.out is None:
         for r in records:
             print(json.dumps(r, ensure_ascii=False))
@@ -46,41 +46,42 @@ def _decode(a):
 
 def _eval(a):
     import shlex
+    from dataclasses import fields
 
-    from .evaluate import evaluate
+    from .evaluate import EvalSettings, evaluate
     from .report import effective_statements
 
+    settings = EvalSettings(**{f.name: getattr(a, f.name) for f in fields(EvalSettings)})
     report = evaluate(a.models, pools=a.pool, config=a.config, reference=a.reference,
-                      algorithms=[x for x in (a.algorithms or "").split(",") if x], prompts=a.prompts,
-                      prompt_column=a.prompt_column, prompt_split=a.prompt_split, limit=a.limit, offset=a.offset,
-                      m=a.m, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                      top_k=a.top_k, seed=a.seed, backend=a.backend, batch_size=a.batch_size, dtype=a.dtype,
-                      device=a.device, out=a.out, resume=not a.no_resume, bootstrap=a.bootstrap,
-                      confidence=a.confidence, plots=not a.no_plots, progress=not a.quiet, kl=a.kl,
+                      algorithms=[x for x in (a.algorithms or "").split(",") if x], settings=settings,
                       command="iama " + shlex.join(sys.argv[1:]))
     for line in effective_statements(report):
         print(line)
     print(f"report: {a.out}/report.md")
 
 
-def _generation_args(p):
-    p.add_argument("--max-new-tokens", type=int, help="default: the run's max_completion_length")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
-    p.add_argument("--batch-size", type=int, default=256, help="sequences per generate call")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+def _settings_args(p, names=None, **defaults):
+    """Options from EvalSettings' fields (type, default and help from the dataclass); `defaults` replace some."""
+    from dataclasses import MISSING, fields
+
+    from .evaluate import EvalSettings
+
+    for f in fields(EvalSettings):
+        if names is not None and f.name not in names:
+            continue
+        meta = f.metadata
+        flags = meta.get("flags") or ("--" + f.name.replace("_", "-"),)
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        if f.type == "bool":
+            p.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true", help=meta["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type.split(" |")[0]]
+            p.add_argument(*flags, dest=f.name, type=kind, default=default, choices=meta.get("choices"),
+                           help=meta["help"])
 
 
-def _prompt_args(p, limit):
-    p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--prompt-split", default="train")
-    p.add_argument("--limit", type=int, default=limit)
-    p.add_argument("--offset", type=int, default=0, help="skip prompts (e.g. those a run trained on)")
+GENERATION = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "backend", "batch_size", "dtype", "device",
+              "progress")
 
 
 def _demo(a):
@@ -130,24 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML or run dir with the criteria (default: the first run's)")
     p.add_argument("--reference", default=None, help="label of the reference model (default: the first)")
     p.add_argument("--algorithms", default=None, help="extra families, comma-separated: bon,won,soft_bon:0.1,maj")
-    p.add_argument("--prompts", default="builtin", help="'builtin', a .jsonl/.json/.csv/.txt file or hf:NAME")
-    _prompt_args(p, limit=64)
-    p.add_argument("-M", "--m", type=int, default=16, help="samples per prompt; every N <= M is estimated from them")
-    _generation_args(p)
-    p.add_argument("--out", default="results/eval")
-    p.add_argument("--no-resume", action="store_true", help="sample the pools again")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--kl", action="store_true", help="also the KL of each model to the reference (two forward "
-                   "passes per sample)")
+    _settings_args(p)
     p.set_defaults(run=_eval)
 
     p = sub.add_parser("decode", help="N candidates per prompt, scored and selected (bon/won/soft_bon/maj); JSONL out")
     p.add_argument("model", help="run dir (uses OUTPUT/final and its criteria), model dir, built-in or hub id")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
     p.add_argument("--prompts", default=None, metavar="SOURCE", help="'builtin', a .jsonl/.json/.csv/.txt file or hf:NAME")
-    _prompt_args(p, limit=None)
+    _settings_args(p, ["prompt_column", "prompt_split", "limit", "offset"], limit=None)
     p.add_argument("--algorithm", default="bon:4", help="sampling, bon:N, won:N, soft_bon:N:TAU or maj:N (majority vote on answers)")
     p.add_argument("--reward", action="append", default=[], metavar="NAME=SPEC",
                    help="default: the run's (or --config's) criteria")
@@ -155,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-by", default=None, help="criterion to select by (default: the first)")
     p.add_argument("--out", default=None, help="JSONL file (default: JSONL on stdout)")
     p.add_argument("--label", default=None)
-    _generation_args(p)
+    _settings_args(p, GENERATION)
     p.set_defaults(run=_decode)
 
     p = sub.add_parser("calibrate", help="InfAlign: K reference rewards per training prompt for calibrated criteria")

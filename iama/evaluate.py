@@ -26,8 +26,7 @@ log N), and token-length histograms. Report writing and plots are in iama/report
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,8 @@ from .decode import answer_key_read
 from .fronts import pareto_mask
 from .objective import Criterion, Objective, parse_criteria
 from .rewards import reward_gives_answers, spec_text
-from .stats import bootstrap_weights, mean_ci, percentile_ci  # noqa: F401 (callers import them from here too)
+from .stats import bootstrap_weights, mean_ci, percentile_ci
+from .utils import json_safe, safe_name
 
 SCHEMA_VERSION = 1
 
@@ -248,7 +248,7 @@ class Pool:
 # the estimation core
 
 
-def _paired_difference(model_values, ref_values, objective, boot, confidence) -> dict:
+def paired_difference(model_values, ref_values, objective, boot, confidence) -> dict:
     """g(model) - g(reference) at the configured algorithms, with a paired percentile bootstrap over prompts
     (both pools are on the same prompts, so prompt-to-prompt variation cancels). Values: (P, criteria)."""
     out = {"mean": float(objective.aggregate(model_values.mean(0)) - objective.aggregate(ref_values.mean(0)))}
@@ -283,20 +283,6 @@ def _curve_json(stats, ns):
     return {"n": list(ns), **{k: np.asarray(v).tolist() for k, v in stats.items()}}
 
 
-def _nan_to_none(x):
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nan_to_none(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _nan_to_none(x.tolist())
-    if isinstance(x, (float, np.floating)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def estimate(pools: list[Pool], criteria, *, aggregator: str = "sum", gamma: float = 1.0,
              reference: str | None = None, algorithms=(), confidence: float = 0.95, bootstrap: int = 1000,
              seed: int = 0) -> dict:
@@ -305,52 +291,11 @@ def estimate(pools: list[Pool], criteria, *, aggregator: str = "sum", gamma: flo
     criteria: Criterion or {name, algorithm, weight, reward?} (parse_criteria); the objective is g(R_1..R_m)
     with `aggregator`, each R_i the value of criterion i under its own family at a common N (a sampling or tilted
     criterion is N-free)."""
-    if not pools:
-        raise ValueError("nothing to evaluate: no pools")
     criteria = parse_criteria(criteria)
-    names = [c.name for c in criteria]
-    labels = [p.label for p in pools]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"model labels must be unique, got {labels}; name them LABEL=PATH")
-    for p in pools:
-        if p.criteria != names:
-            raise ValueError(f"pool {p.label!r} is scored on {p.criteria}, the evaluation on {names}")
-    n_prompts = {len(p.prompts) for p in pools}
-    if len(n_prompts) != 1:
-        raise ValueError("all pools must cover the same prompts (use align_pools)")
-    reference = reference or labels[0]
-    if reference not in labels:
-        raise ValueError(f"reference {reference!r} is not one of the models {labels}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    configured = [c.algorithm for c in criteria]
-    for c, alg in zip(criteria, configured):
-        for p in pools:
-            if alg.n is not None and alg.n > p.m:
-                raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec} but pool {p.label!r} has only "
-                                 f"M={p.m} samples per prompt; sample more (M >= {alg.n})")
-    for a in algorithms or ():
-        n = parse_algorithm(a, n=1).n  # the N written in a, or 1 for a family ('bon')
-        for p in pools:
-            if n is not None and n > p.m:
-                raise ValueError(f"algorithm {a} needs N={n} > M={p.m} samples per prompt of {p.label!r}")
-    # answers: a criterion has them when every pool does (its reward gives answer keys); voting needs them
-    answered = [n for n in names if all(n in p.answers for p in pools)]
-    for c in criteria:
-        if c.algorithm.needs_answers and c.name not in answered:
-            lacking = next(p.label for p in pools if c.name not in p.answers)
-            raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec}, which votes on answers, but pool "
-                             f"{lacking!r} has none for it; its reward must give answers (such as 'answer')")
-    for p in pools:
-        for n, a in p.answers.items():
-            if a.shape != p.rewards.shape[:2]:
-                raise ValueError(f"pool {p.label!r}: answers for {n!r} have shape {a.shape}, the rewards "
-                                 f"{p.rewards.shape[:2]}")
-    voting_extra = [a for a in algorithms or () if parse_algorithm(a, n=1).needs_answers]
-    if voting_extra and not answered:
-        raise ValueError(f"algorithm {voting_extra[0]} votes on answers, and no criterion has them (a reward with "
-                         "an `answers(completions)` method, such as 'answer', gives them)")
+    reference = _check_pools(pools, criteria, reference, algorithms or (), confidence)
+    answered = _answered_criteria(pools, criteria, algorithms or ())
     families = criteria_families(criteria, algorithms, answered)
+    names = [c.name for c in criteria]
     # a 0/1 reward under best-of-k is pass@k
     binary = {n: all(np.isin(p.rewards[:, :, i], (0.0, 1.0)).all() for p in pools) for i, n in enumerate(names)}
     objective = Objective(criteria, aggregator=aggregator, gamma=gamma)
@@ -358,84 +303,21 @@ def estimate(pools: list[Pool], criteria, *, aggregator: str = "sum", gamma: flo
     boot = bootstrap_weights(P, bootstrap, seed) if bootstrap and P > 1 else None
     rng = np.random.default_rng(seed)
 
-    models, per_prompt_obj, per_prompt_configured, per_prompt_values = {}, {}, {}, {}
-    for pool in pools:
-        m = pool.m
-        values, per_prompt, per_prompt_cfg = {}, {}, []
-        for i, name in enumerate(names):
-            values[name] = {}
-            for fam in families[name]:
-                ns = family_ns(fam, m)
-                per_prompt[name, fam] = est = value_estimates(pool.rewards[:, :, i], fam, ns, rng=rng,
-                                                              answers=pool.answers.get(name))
-                values[name][fam] = _curve_json(mean_ci(est, confidence), ns)
-        per_prompt_values[pool.label] = per_prompt
-        # objective along N (each criterion at its own family, N-free ones constant) and at the configured N
-        obj_curve = np.empty((P, len(names), m))
-        for i, alg in enumerate(configured):
-            est = per_prompt[names[i], alg.family]  # (P, M), or (P, 1) for sampling and tilted
-            obj_curve[:, i, :] = est if est.shape[1] == m and alg.increasing is not None else est[:, :1]
-            per_prompt_cfg.append(obj_curve[:, i, (alg.n or 1) - 1])
-        per_prompt_obj[pool.label] = obj_curve
-        means = obj_curve.mean(axis=0)  # (criteria, N)
-        obj_mean = objective.aggregate(means.T)
-        entry = {"n": list(range(1, m + 1)), "mean": obj_mean}
-        cfg_values = per_prompt_configured[pool.label] = np.stack(per_prompt_cfg, axis=1)  # (P, criteria)
-        cfg_mean = float(objective.aggregate(cfg_values.mean(axis=0)))
-        configured_entry = {"mean": cfg_mean, "values": {n: float(v) for n, v in zip(names, cfg_values.mean(0))},
-                            "algorithms": {c.name: c.algorithm.spec for c in criteria}}
-        if boot is not None:
-            bmeans = np.einsum("bp,pin->bin", boot, obj_curve)  # (B, criteria, N)
-            bobj = objective.aggregate(np.moveaxis(bmeans, 1, -1))  # (B, N)
-            lo, hi = percentile_ci(bobj, confidence)
-            entry.update(ci_low=lo, ci_high=hi, se=bobj.std(axis=0, ddof=1))
-            bcfg = objective.aggregate(boot @ cfg_values)
-            lo, hi = percentile_ci(bcfg, confidence)
-            configured_entry.update(ci_low=float(lo), ci_high=float(hi))
-        # cross-effects: select by a with bon / won, measure every b
-        cross = {}
-        for ia, a in enumerate(names):
-            cross[a] = {}
-            for fam in ("bon", "won"):
-                cross[a][fam] = {}
-                for ib, b in enumerate(names):
-                    est = cross_estimates(pool.rewards[:, :, ia], pool.rewards[:, :, ib], fam)
-                    cross[a][fam][b] = _curve_json(mean_ci(est, confidence), range(1, m + 1))
-        models[pool.label] = {"num_prompts": P, "m": m, "values": values, "objective": entry,
-                              "objective_configured": configured_entry, "cross_effects": cross,
-                              "lengths": length_stats(pool.num_tokens)}
-
-    ref_pool = pools[labels.index(reference)]
-    ref_curve = per_prompt_obj[reference]
-    eff, wins = {}, {}
+    per_model = {p.label: _model_estimates(p, criteria, families, objective, boot, confidence, rng) for p in pools}
+    models = {label: e.entry for label, e in per_model.items()}
+    ref, ref_pool = per_model[reference], next(p for p in pools if p.label == reference)
+    effective, wins = {}, {}
     for pool in pools:
         if pool.label == reference:
             continue
-        models[pool.label]["objective_configured"]["minus_reference"] = _paired_difference(
-            per_prompt_configured[pool.label], per_prompt_configured[reference], objective, boot, confidence)
-        eff[pool.label] = _effective_entries(pool, ref_pool, per_prompt_obj[pool.label], ref_curve, objective,
-                                             configured, names, boot, confidence, rng)
-        by_family = _family_effective_entries(pool, ref_pool, per_prompt_values[pool.label],
-                                              per_prompt_values[reference], families, boot, confidence)
-        eff[pool.label]["criteria"] = {name: by_family[name][alg.family] for name, alg in zip(names, configured)
-                                       if alg.increasing is not None}
-        eff[pool.label]["families"] = by_family
-        wins[pool.label] = {}
-        for i, name in enumerate(names):
-            wins[pool.label][name] = {}
-            ns = range(1, min(pool.m, ref_pool.m) + 1)
-            for fam in ("bon", "won"):
-                est = win_rate_estimates(pool.rewards[:, :, i], ref_pool.rewards[:, :, i], fam, ns)
-                wins[pool.label][name][fam] = _curve_json(mean_ci(est, confidence), ns)
-            if name in answered and binary[name]:
-                # a 0/1 reward: P(X > Y) + P(X = Y) / 2 = (1 + P(X = 1) - P(Y = 1)) / 2, with P(X = 1) maj@N's value
-                k = len(ns)
-                est = 0.5 + 0.5 * (per_prompt_values[pool.label][name, "maj"][:, :k]
-                                   - per_prompt_values[reference][name, "maj"][:, :k])
-                wins[pool.label][name]["maj"] = _curve_json(mean_ci(est, confidence), ns)
+        est = per_model[pool.label]
+        est.entry["objective_configured"]["minus_reference"] = paired_difference(
+            est.configured, ref.configured, objective, boot, confidence)
+        effective[pool.label] = _effective_n_entries(est, ref, criteria, families, objective, boot, confidence)
+        wins[pool.label] = _win_rates(pool, ref_pool, est, ref, names, [n for n in answered if binary[n]], confidence)
 
-    pareto = pareto_fronts(models, names, configured)
-    return _nan_to_none({
+    configured = [c.algorithm for c in criteria]
+    return json_safe({
         "schema_version": SCHEMA_VERSION,
         "confidence": confidence,
         "ci_method": {"values": "normal: mean +- z * SE over prompts (per-prompt unbiased estimates are "
@@ -447,17 +329,170 @@ def estimate(pools: list[Pool], criteria, *, aggregator: str = "sum", gamma: flo
                       "cross_effects": "normal: mean +- z * SE over prompts (selection by rewards: bon and won)"},
         "num_prompts": P,
         "criteria": [{"name": c.name, "reward": spec_text(c.reward), "algorithm": c.algorithm.spec,
-                      "weight": c.weight, "family": alg.family, "n": alg.n,
+                      "weight": c.weight, "family": c.algorithm.family, "n": c.algorithm.n,
                       "families": families[c.name], "answers": c.name in answered, "binary": binary[c.name]}
-                     for c, alg in zip(criteria, configured)],
+                     for c in criteria],
         "objective": {"aggregator": aggregator, "gamma": gamma, "description": objective.describe()},
         "reference": reference,
         "key_n": key_ns(min(p.m for p in pools), [alg.n for alg in configured]),
         "models": models,
-        "effective_n": eff,
+        "effective_n": effective,
         "win_rates": wins,
-        "pareto": pareto,
+        "pareto": pareto_fronts(models, names, configured),
     })
+
+
+def _check_pools(pools, criteria, reference, algorithms, confidence) -> str:
+    """One clear error for pools that cannot be estimated together; returns the reference's label."""
+    if not pools:
+        raise ValueError("nothing to evaluate: no pools")
+    names = [c.name for c in criteria]
+    labels = [p.label for p in pools]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique, got {labels}; name them LABEL=PATH")
+    for p in pools:
+        if p.criteria != names:
+            raise ValueError(f"pool {p.label!r} is scored on {p.criteria}, the evaluation on {names}")
+    if len({len(p.prompts) for p in pools}) != 1:
+        raise ValueError("all pools must cover the same prompts (use align_pools)")
+    reference = reference or labels[0]
+    if reference not in labels:
+        raise ValueError(f"reference {reference!r} is not one of the models {labels}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    for c in criteria:
+        for p in pools:
+            if c.algorithm.n is not None and c.algorithm.n > p.m:
+                raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec} but pool {p.label!r} has only "
+                                 f"M={p.m} samples per prompt; sample more (M >= {c.algorithm.n})")
+    for a in algorithms:
+        n = parse_algorithm(a, n=1).n  # the N written in a, or 1 for a family ('bon')
+        for p in pools:
+            if n is not None and n > p.m:
+                raise ValueError(f"algorithm {a} needs N={n} > M={p.m} samples per prompt of {p.label!r}")
+    for p in pools:
+        for n, a in p.answers.items():
+            if a.shape != p.rewards.shape[:2]:
+                raise ValueError(f"pool {p.label!r}: answers for {n!r} have shape {a.shape}, the rewards "
+                                 f"{p.rewards.shape[:2]}")
+    return reference
+
+
+def _answered_criteria(pools, criteria, algorithms) -> list[str]:
+    """The criteria with answers in every pool (their reward gives answer keys); voting needs them."""
+    answered = [c.name for c in criteria if all(c.name in p.answers for p in pools)]
+    for c in criteria:
+        if c.algorithm.needs_answers and c.name not in answered:
+            lacking = next(p.label for p in pools if c.name not in p.answers)
+            raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec}, which votes on answers, but pool "
+                             f"{lacking!r} has none for it; its reward must give answers (such as 'answer')")
+    voting = [a for a in algorithms if parse_algorithm(a, n=1).needs_answers]
+    if voting and not answered:
+        raise ValueError(f"algorithm {voting[0]} votes on answers, and no criterion has them (a reward with "
+                         "an `answers(completions)` method, such as 'answer', gives them)")
+    return answered
+
+
+@dataclass
+class _ModelEstimates:
+    """One model's per-prompt estimates (kept for the paired comparisons with the reference) and its report
+    entry."""
+
+    values: dict  # {(criterion, family): (P, K) per-prompt values at the family's N}
+    curve: np.ndarray  # (P, criteria, M): each criterion under its configured family along N
+    configured: np.ndarray  # (P, criteria): each criterion at its configured N
+    entry: dict
+
+
+def _model_estimates(pool, criteria, families, objective, boot, confidence, rng) -> _ModelEstimates:
+    m, names = pool.m, [c.name for c in criteria]
+    values, value_entries = {}, {}
+    for i, name in enumerate(names):
+        value_entries[name] = {}
+        for fam in families[name]:
+            ns = family_ns(fam, m)
+            values[name, fam] = est = value_estimates(pool.rewards[:, :, i], fam, ns, rng=rng,
+                                                      answers=pool.answers.get(name))
+            value_entries[name][fam] = _curve_json(mean_ci(est, confidence), ns)
+    # the objective along N (N-free criteria constant) and at each criterion's configured N
+    curve = np.stack([values[c.name, c.algorithm.family] if c.algorithm.increasing is not None
+                      else np.repeat(values[c.name, c.algorithm.family][:, :1], m, axis=1) for c in criteria], axis=1)
+    configured = np.stack([curve[:, i, (c.algorithm.n or 1) - 1] for i, c in enumerate(criteria)], axis=1)
+    objective_entry = {"n": list(range(1, m + 1)), "mean": objective.aggregate(curve.mean(axis=0).T)}
+    configured_entry = {"mean": float(objective.aggregate(configured.mean(axis=0))),
+                        "values": {n: float(v) for n, v in zip(names, configured.mean(0))},
+                        "algorithms": {c.name: c.algorithm.spec for c in criteria}}
+    if boot is not None:
+        bobj = objective.aggregate(np.moveaxis(np.einsum("bp,pin->bin", boot, curve), 1, -1))  # (B, M)
+        lo, hi = percentile_ci(bobj, confidence)
+        objective_entry.update(ci_low=lo, ci_high=hi, se=bobj.std(axis=0, ddof=1))
+        lo, hi = percentile_ci(objective.aggregate(boot @ configured), confidence)
+        configured_entry.update(ci_low=float(lo), ci_high=float(hi))
+    # cross-effects: select by a with bon / won, measure every b
+    cross = {a: {fam: {b: _curve_json(mean_ci(cross_estimates(pool.rewards[:, :, ia], pool.rewards[:, :, ib], fam),
+                                              confidence), range(1, m + 1))
+                       for ib, b in enumerate(names)} for fam in ("bon", "won")} for ia, a in enumerate(names)}
+    entry = {"num_prompts": len(pool.prompts), "m": m, "values": value_entries, "objective": objective_entry,
+             "objective_configured": configured_entry, "cross_effects": cross,
+             "lengths": length_stats(pool.num_tokens)}
+    return _ModelEstimates(values, curve, configured, entry)
+
+
+def _effective_n_entries(est, ref, criteria, families, objective, boot, confidence) -> dict:
+    """Effective N against the reference: of the objective, of each criterion at its configured family, and of
+    every N-dependent family evaluated (for an answered criterion both pass@k, bon, and maj@k)."""
+    ref_objective = objective.aggregate(ref.curve.mean(0).T)  # (M_ref,)
+    inc = bool(ref_objective[-1] >= ref_objective[0])  # the objective's direction, from the reference's curve
+    by_family = {}
+    for name, fams in families.items():
+        for fam in fams:
+            increasing = parse_algorithm(fam, n=1).increasing
+            if increasing is not None:
+                by_family.setdefault(name, {})[fam] = {
+                    **_effective_entry(est.values[name, fam][:, None], ref.values[name, fam][:, None],
+                                       lambda v: v[..., 0], increasing, boot, confidence), "family": fam}
+    return {"objective": {**_effective_entry(est.curve, ref.curve, objective.aggregate, inc, boot, confidence),
+                          "increasing": inc},
+            "criteria": {c.name: by_family[c.name][c.algorithm.family] for c in criteria
+                         if c.algorithm.increasing is not None},
+            "families": by_family}
+
+
+def _effective_entry(model_pp, ref_pp, aggregate, increasing, boot, confidence) -> dict:
+    """For each N <= M, the reference's budget that matches the model's value at N (effective_n), 'at most 1'
+    where the reference's N = 1 is already better. model_pp: (P, k, M) per-prompt values of k criteria; ref_pp:
+    (P, k, M_ref); aggregate maps (..., k) -> (...)."""
+    m, m_ref = model_pp.shape[2], ref_pp.shape[2]
+    target = aggregate(model_pp.mean(0).T)  # (M,)
+    ref_values = aggregate(ref_pp.mean(0).T)  # (M_ref,)
+    point = effective_n(np.broadcast_to(ref_values, (m, m_ref)), target, increasing=increasing)
+    beaten = target < ref_values[0] if increasing else target > ref_values[0]
+    entry = {"n": list(range(1, m + 1)),
+             "effective_n": [("at most 1" if b else v) for b, v in zip(beaten, _json_effective(point, m_ref))],
+             "model_value": target.tolist(), "reference_value": ref_values.tolist()}
+    if boot is not None:
+        P, k = model_pp.shape[:2]
+        bt = aggregate(np.moveaxis((boot @ model_pp.reshape(P, -1)).reshape(-1, k, m), 1, -1))  # (B, M)
+        br = aggregate(np.moveaxis((boot @ ref_pp.reshape(P, -1)).reshape(-1, k, m_ref), 1, -1))  # (B, M_ref)
+        lo, hi = percentile_ci(effective_n(br[:, None, :].repeat(m, 1), bt, increasing=increasing), confidence)
+        entry.update(ci_low=_json_effective(lo, m_ref), ci_high=_json_effective(hi, m_ref))
+    return entry
+
+
+def _win_rates(pool, ref_pool, est, ref, names, binary_answered, confidence) -> dict:
+    """{criterion: {family: curve}}: the chance that the model's best (worst) of N beats the reference's, ties
+    counted half; for a 0/1 reward with answers also under majority voting."""
+    wins = {}
+    ns = range(1, min(pool.m, ref_pool.m) + 1)
+    for i, name in enumerate(names):
+        wins[name] = {fam: _curve_json(mean_ci(win_rate_estimates(pool.rewards[:, :, i], ref_pool.rewards[:, :, i], fam,
+                                                                  ns), confidence), ns) for fam in ("bon", "won")}
+        if name in binary_answered:
+            # P(X > Y) + P(X = Y) / 2 = (1 + P(X = 1) - P(Y = 1)) / 2, with P(X = 1) maj@N's value
+            k = len(ns)
+            est_wins = 0.5 + 0.5 * (est.values[name, "maj"][:, :k] - ref.values[name, "maj"][:, :k])
+            wins[name]["maj"] = _curve_json(mean_ci(est_wins, confidence), ns)
+    return wins
 
 
 def key_ns(m: int, configured=()) -> list[int]:
@@ -468,65 +503,6 @@ def key_ns(m: int, configured=()) -> list[int]:
         ks.add(k)
         k *= 2
     return sorted(ks)
-
-
-def _effective_entries(pool, ref_pool, curve, ref_curve, objective, configured, names, boot, confidence, rng):
-    """Effective N of `pool` against the reference, for the objective (the criteria's entries are
-    _family_effective_entries' at their configured families)."""
-    m, m_ref = pool.m, ref_pool.m
-    ns = np.arange(1, m + 1)
-    out = {"objective": None, "criteria": {}}
-
-    def entry(model_pp, ref_pp, agg, inc):
-        # model_pp: (P, k, m) per-prompt values; ref_pp: (P, k, m_ref); agg maps (..., k) -> (...)
-        target = agg(model_pp.mean(0).T)  # (m,)
-        ref_vals = agg(ref_pp.mean(0).T)  # (m_ref,)
-        point = effective_n(np.broadcast_to(ref_vals, (m, m_ref)), target, increasing=inc)
-        beaten = target < ref_vals[0] if inc else target > ref_vals[0]  # the reference's N = 1 is already better
-        e = {"n": ns.tolist(),
-             "effective_n": [("at most 1" if b else v) for b, v in zip(beaten, _json_effective(point, m_ref))],
-             "model_value": target.tolist(), "reference_value": ref_vals.tolist()}
-        if boot is not None:
-            bt = agg(np.moveaxis(np.einsum("bp,pkn->bkn", boot, model_pp), 1, -1))  # (B, m)
-            br = agg(np.moveaxis(np.einsum("bp,pkn->bkn", boot, ref_pp), 1, -1))  # (B, m_ref)
-            samples = effective_n(br[:, None, :].repeat(m, 1), bt, increasing=inc)  # (B, m)
-            lo, hi = percentile_ci(samples, confidence)
-            e.update(ci_low=_json_effective(lo, m_ref), ci_high=_json_effective(hi, m_ref))
-        return e
-
-    ref_obj = objective.aggregate(ref_curve.mean(0).T)  # (m_ref,)
-    inc = bool(ref_obj[-1] >= ref_obj[0])  # the objective's direction, from the reference's own curve
-    out["objective"] = entry(curve, ref_curve, objective.aggregate, inc)
-    out["objective"]["increasing"] = inc
-    return out
-
-
-def _family_effective_entries(pool, ref_pool, per_prompt, ref_per_prompt, families, boot, confidence) -> dict:
-    """{criterion: {family: entry}}: effective N against the reference for every N-dependent family evaluated for
-    each criterion (for an answered criterion both pass@k, bon, and maj@k), as _effective_entries' entries;
-    per_prompt: {(criterion, family): (P, K) estimates} of the model and the reference."""
-    m, m_ref = pool.m, ref_pool.m
-    out = {}
-    for name, fams in families.items():
-        for fam in fams:
-            alg = parse_algorithm(fam, n=1)
-            if alg.increasing is None:
-                continue
-            model_pp, ref_pp = per_prompt[name, fam], ref_per_prompt[name, fam]  # (P, m), (P, m_ref)
-            target, ref_vals = model_pp.mean(0), ref_pp.mean(0)
-            inc = alg.increasing
-            point = effective_n(np.broadcast_to(ref_vals, (m, m_ref)), target, increasing=inc)
-            beaten = target < ref_vals[0] if inc else target > ref_vals[0]
-            e = {"n": list(range(1, m + 1)),
-                 "effective_n": [("at most 1" if b else v) for b, v in zip(beaten, _json_effective(point, m_ref))],
-                 "model_value": target.tolist(), "reference_value": ref_vals.tolist(), "family": fam}
-            if boot is not None:
-                bt, br = boot @ model_pp, boot @ ref_pp  # (B, m), (B, m_ref)
-                samples = effective_n(br[:, None, :].repeat(m, 1), bt, increasing=inc)
-                lo, hi = percentile_ci(samples, confidence)
-                e.update(ci_low=_json_effective(lo, m_ref), ci_high=_json_effective(hi, m_ref))
-            out.setdefault(name, {})[fam] = e
-    return out
 
 
 def pareto_fronts(models: dict, names, configured) -> dict:
@@ -605,17 +581,42 @@ def criteria_from_pool_records(records) -> list[Criterion]:
 # the whole evaluation
 
 
-def _safe_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "model"
+def _option(default, help, **extra):
+    """A settings field with its command-line help (TRL's dataclass convention; cli.py reads it)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class EvalSettings:
+    """How `iama eval` samples and estimates. Each field is an option of `iama eval` (`--max-new-tokens`, ...);
+    generation defaults of None are taken from the first run's config."""
+
+    prompts: str = _option("builtin", "'builtin', a .jsonl/.json/.csv/.txt file or hf:NAME")
+    prompt_column: str = _option("prompt", "the prompts' column")
+    prompt_split: str = _option("train", "the split of an hf: data set")
+    limit: int | None = _option(64, "at most this many prompts")
+    offset: int = _option(0, "skip prompts (e.g. those a run trained on)")
+    m: int = _option(16, "samples per prompt; every N <= M is estimated from them", flags=("-M", "--m"))
+    max_new_tokens: int | None = _option(None, "default: the run's max_completion_length")
+    temperature: float | None = _option(None, "default: the run's")
+    top_p: float | None = _option(None, "default: the run's")
+    top_k: int | None = _option(None, "default: the run's")
+    seed: int = _option(0, "sampling and bootstrap seed")
+    backend: str = _option("hf", "generation backend", choices=("hf", "vllm"))
+    batch_size: int = _option(256, "sequences per generate call")
+    dtype: str | None = _option(None, "model dtype, e.g. bfloat16 (default: the model's)")
+    device: str | None = _option(None, "default: cuda if available, else cpu")
+    out: str = _option("results/eval", "output folder: pools/, report.md, report.json, plots")
+    resume: bool = _option(True, "sample the pools again", flags=("--no-resume",))
+    bootstrap: int = _option(1000, "bootstrap resamples for the intervals")
+    confidence: float = _option(0.95, "confidence level of the intervals")
+    plots: bool = _option(True, "no PNG plots", flags=("--no-plots",))
+    progress: bool = _option(True, "no progress bars", flags=("--quiet",))
+    kl: bool = _option(False, "also the KL of each model to the reference (two forward passes per sample)")
 
 
 def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, algorithms=None,
-             prompts: str = "builtin", prompt_column: str = "prompt", prompt_split: str = "train",
-             limit: int | None = 64, offset: int = 0, m: int = 16, max_new_tokens: int | None = None,
-             temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-             seed: int = 0, backend: str = "hf", batch_size: int = 256, dtype=None, device=None,
-             out="results/eval", resume: bool = True, bootstrap: int = 1000, confidence: float = 0.95,
-             plots: bool = True, progress: bool = True, kl: bool = False, command: str | None = None) -> dict:
+             settings: EvalSettings | None = None, command: str | None = None, **overrides) -> dict:
     """Sample a pool of M per prompt for each model (saved to OUT/pools/LABEL.jsonl, resumable), read any
     `pools` files, estimate everything, and write OUT/report.json, OUT/report.md and PNG plots.
 
@@ -625,58 +626,63 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     All models are scored with these criteria's raw rewards.
     algorithms: extra families to evaluate for every criterion, e.g. ['bon', 'won'] ('maj': for the criteria
     with answers only).
-    prompts: a source whose other columns reach the rewards (the `answer` reward's reference column must be there).
+    settings: EvalSettings; `overrides` (its field names, e.g. m=8, out='results/x') replace fields of it.
+    The prompts' other columns reach the rewards (the `answer` reward's reference column must be there).
     A criterion whose reward gives answers (the `answer` reward) is evaluated under both best-of-N (pass@N on a
     0/1 reward) and majority voting (maj@N), its answer keys stored in the pools; a pool saved without them gets
     them from the candidates' texts where the reward can be built here.
-    Generation settings default to the first run's TRL fields, else GenerationSettings' defaults.
     kl: also estimate each sampled model's KL to the reference model from its pool (iama.kl; plain sampling
     only); it costs two forward passes per sample, about as much as drawing the pools again.
     Returns the report (the content of report.json)."""
     from .decode import parse_model_arg, read_pool
 
+    s = _settings(settings, overrides)
     specs = [parse_model_arg(a) for a in models or ()]
     pool_records = [r for path in pools or () for r in read_pool(path)]
     if not specs and not pool_records:
         raise ValueError("nothing to evaluate: give models or --pool files")
     run_config, criteria, criteria_source, objective_settings = _criteria_to_evaluate(config, specs, pool_records)
-    _check_before_sampling(specs, criteria, algorithms, m)
-    out = Path(out)
-    all_pools, prompt_list, settings = [], None, None
+    _check_before_sampling(specs, criteria, algorithms, s.m)
+    out = Path(s.out)
+    all_pools, prompt_list, generation = [], None, None
     if specs:
-        prompt_list, settings, all_pools = _sample_pools(
-            specs, run_config, criteria, objective_settings, out, prompts=prompts, prompt_column=prompt_column,
-            prompt_split=prompt_split, limit=limit, offset=offset, m=m, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, backend=backend, batch_size=batch_size,
-            dtype=dtype, device=device, resume=resume, progress=progress)
+        prompt_list, generation, all_pools = _sample_pools(specs, run_config, criteria, objective_settings, s)
     all_pools += _pools_from_files(pool_records, criteria, taken={p.label for p in all_pools})
     aligned, alignment = align_pools(all_pools, reference)
     report = estimate(aligned, criteria, aggregator=objective_settings.get("aggregator", "sum"),
                       gamma=float(objective_settings.get("gamma", 1.0)), reference=reference,
-                      algorithms=algorithms or (), confidence=confidence, bootstrap=bootstrap, seed=seed)
+                      algorithms=algorithms or (), confidence=s.confidence, bootstrap=s.bootstrap, seed=s.seed)
     report["kl"] = None
-    if kl and specs:
-        report["kl"] = kl_to_reference(aligned, specs, report["reference"], settings, dtype=dtype, device=device,
-                                       confidence=confidence)
+    if s.kl and specs:
+        report["kl"] = kl_to_reference(aligned, specs, report["reference"], generation, dtype=s.dtype,
+                                       device=s.device, confidence=s.confidence, progress=s.progress)
     from . import __version__
     from .utils import machine_info
 
     report["setup"] = {
         "iama_version": __version__, "command": command, "criteria_from": criteria_source,
-        "prompts": None if prompt_list is None else {"source": str(prompts), "column": prompt_column,
-                                                      "split": prompt_split, "offset": offset, "limit": limit},
-        "alignment": alignment, "seed": seed, "backend": backend if specs else None,
-        "generation": None if settings is None else {"m": m, **settings.__dict__},
-        "models": {**{s.label: {"model": s.model, "run": s.config is not None,
-                                "pool": f"pools/{_safe_name(s.label)}.jsonl"} for s in specs},
+        "prompts": None if prompt_list is None else {"source": str(s.prompts), "column": s.prompt_column,
+                                                      "split": s.prompt_split, "offset": s.offset, "limit": s.limit},
+        "alignment": alignment, "seed": s.seed, "backend": s.backend if specs else None,
+        "generation": None if generation is None else {"m": s.m, **generation.__dict__},
+        "models": {**{sp.label: {"model": sp.model, "run": sp.config is not None,
+                                 "pool": f"pools/{safe_name(sp.label)}.jsonl"} for sp in specs},
                    **{p.label: {"model": None, "run": False, "pool": "from --pool"} for p in all_pools
-                      if p.label not in {s.label for s in specs}}},
+                      if p.label not in {sp.label for sp in specs}}},
         "machine": machine_info(),
     }
     from .report import write_report
 
-    write_report(report, out, plots=plots)
+    write_report(report, out, plots=s.plots)
     return report
+
+
+def _settings(settings, overrides) -> EvalSettings:
+    known = {f.name for f in fields(EvalSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown evaluation setting(s) {unknown}; known: {sorted(known)}")
+    return replace(settings or EvalSettings(), **overrides)
 
 
 def _criteria_to_evaluate(config, specs, pool_records):
@@ -735,30 +741,30 @@ def _check_before_sampling(specs, criteria, algorithms, m):
         check_reward(c.reward)
 
 
-def _sample_pools(specs, run_config, criteria, objective_settings, out, *, prompts, prompt_column, prompt_split,
-                  limit, offset, m, max_new_tokens, temperature, top_p, top_k, seed, backend, batch_size, dtype,
-                  device, resume, progress):
+def _sample_pools(specs, run_config, criteria, objective_settings, s: EvalSettings):
     """(prompts, generation settings, one Pool per model): each model's pool of M per prompt, sampled and scored
     into OUT/pools/LABEL.jsonl (resumable)."""
     from .decode import (GenerationSettings, build_rewards, check_prompt_columns, collect_prompts, make_backend,
                          sample_pool)
 
-    prompt_list = collect_prompts(source=prompts, column=prompt_column, split=prompt_split, limit=limit,
-                                  offset=offset)
-    check_prompt_columns(criteria, prompt_list, prompts)  # e.g. the `answer` reward's reference column
-    settings = GenerationSettings.from_run_config(run_config, max_new_tokens=max_new_tokens,
-                                                  temperature=temperature, top_p=top_p, top_k=top_k)
+    prompt_list = collect_prompts(source=s.prompts, column=s.prompt_column, split=s.prompt_split, limit=s.limit,
+                                  offset=s.offset)
+    check_prompt_columns(criteria, prompt_list, s.prompts)  # e.g. the `answer` reward's reference column
+    generation = GenerationSettings.from_run_config(run_config, max_new_tokens=s.max_new_tokens,
+                                                    temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
     names, pools, reward_fns = [c.name for c in criteria], [], None
-    for s in specs:
-        gen = make_backend(s.model, backend, dtype=dtype, device=device, batch_size=batch_size, seed=seed)
+    for spec in specs:
+        gen = make_backend(spec.model, s.backend, dtype=s.dtype, device=s.device, batch_size=s.batch_size,
+                           seed=s.seed)
         if reward_fns is None:
             reward_fns = build_rewards(criteria, gen.tokenizer)
-        records = sample_pool(gen, prompt_list, criteria, reward_fns, m=m, settings=settings, seed=seed,
-                              label=s.label, path=out / "pools" / f"{_safe_name(s.label)}.jsonl", resume=resume,
-                              progress=progress, model_arg=s.model, objective=objective_settings)
+        records = sample_pool(gen, prompt_list, criteria, reward_fns, m=s.m, settings=generation, seed=s.seed,
+                              label=spec.label, path=Path(s.out) / "pools" / f"{safe_name(spec.label)}.jsonl",
+                              resume=s.resume, progress=s.progress, model_arg=spec.model,
+                              objective=objective_settings)
         del gen
-        pools.append(Pool.from_records(records, names, s.label))
-    return prompt_list, settings, pools
+        pools.append(Pool.from_records(records, names, spec.label))
+    return prompt_list, generation, pools
 
 
 def _pools_from_files(pool_records, criteria, taken):
@@ -777,10 +783,12 @@ def _pools_from_files(pool_records, criteria, taken):
 
 
 def kl_to_reference(pools: list[Pool], specs, reference: str | None, settings, *, dtype=None, device=None,
-                    confidence: float = 0.95) -> dict | None:
+                    confidence: float = 0.95, progress: bool = False) -> dict | None:
     """KL(model || reference) of every sampled model but the reference, from its own pool (iama.kl), as
     {"reference", "models": {label: {mean, ci_low, ci_high, se}}, "note"}; None without a reference model."""
     from dataclasses import asdict
+
+    from tqdm.auto import tqdm
 
     from .decode import HFBackend
     from .kl import plain_sampling, pool_kl
@@ -793,11 +801,10 @@ def kl_to_reference(pools: list[Pool], specs, reference: str | None, settings, *
         result["note"] = "not estimated: the pools were not drawn by plain sampling (temperature 1, no truncation)"
         return result
     ref = HFBackend(models[reference], dtype=dtype, device=device)
-    for pool in pools:
-        if pool.label == reference or pool.label not in models:
-            continue
+    todo = [p for p in pools if p.label != reference and p.label in models]
+    for pool in tqdm(todo, desc=f"KL to {reference}", unit="model", disable=not progress):
         policy = HFBackend(models[pool.label], dtype=dtype, device=device)
         per_prompt = pool_kl(pool.records, policy, ref)
-        result["models"][pool.label] = _nan_to_none(mean_ci(per_prompt, confidence))
+        result["models"][pool.label] = json_safe(mean_ci(per_prompt, confidence))
         del policy
     return result

@@ -213,17 +213,17 @@ def _values_at(rewards, algorithm, n: int) -> np.ndarray:
 def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap: int = 1000,
             confidence: float = 0.95, command=None, config=None) -> dict:
     from .decode import read_pool
-    from .evaluate import (Pool, _nan_to_none, _paired_difference, _safe_name, align_pools, bootstrap_weights,
-                           percentile_ci)
+    from .evaluate import Pool, align_pools, paired_difference
     from .fronts import bootstrap_fronts, pearson_bootstrap
     from .objective import Criterion, Objective
-    from .utils import machine_info
+    from .stats import bootstrap_weights, percentile_ci
+    from .utils import json_safe, machine_info, safe_name
 
     criteria = base.criteria
     names = [c.name for c in criteria]
     configured = [c.algorithm for c in criteria]
     labels = ["untrained", *[p.label for p in points]]
-    pools = [Pool.from_records(read_pool(out / "eval" / "pools" / f"{_safe_name(k)}.jsonl"), names, k)
+    pools = [Pool.from_records(read_pool(out / "eval" / "pools" / f"{safe_name(k)}.jsonl"), names, k)
              for k in labels]
     pools = dict(zip(labels, align_pools(pools, "untrained")[0]))
     untrained = pools["untrained"].rewards  # (P, M, m)
@@ -259,14 +259,14 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
                                            "ci_low": float(lo), "ci_high": float(hi)}
         a, b = point_label("iama", w), point_label("grpo", w)
         if a in at_configured and b in at_configured:
-            entry["difference"] = _paired_difference(at_configured[a], at_configured[b], objective, boot, confidence)
+            entry["difference"] = paired_difference(at_configured[a], at_configured[b], objective, boot, confidence)
         per_weight.append(entry)
 
     correlation = [{"criteria": [names[i], names[j]],
                     **pearson_bootstrap(untrained[:, :, i], untrained[:, :, j], resamples=bootstrap,
                                         confidence=confidence)}
                    for i, j in itertools.combinations(range(len(names)), 2)]
-    return _nan_to_none({
+    return json_safe({
         "kind": "iama sweep",
         "command": command,
         "config": _shown(config),

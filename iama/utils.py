@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
 import tempfile
 from pathlib import Path
 
@@ -41,6 +43,24 @@ def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def json_safe(x):
+    """x with numpy types made plain and NaN or infinity made None (JSON has neither)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (int, float, str)):  # numpy arrays and scalars
+        return json_safe(x.tolist())
+    if isinstance(x, float):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def safe_name(label: str) -> str:
+    """A model label made into a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "model"
 
 
 def save_figure(fig, path) -> Path:

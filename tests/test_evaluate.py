@@ -295,3 +295,22 @@ def test_pooled_estimates_agree_with_naive_sampling_on_the_tiny_model(tiny_backe
         assert abs(pooled_ci["mean"][j] - naive["mean"][0]) < tol, (n, pooled_ci["mean"][j], naive["mean"][0], tol)
         if n == 8:  # the check has power: N = 8 is far from what N = 1 gives
             assert abs(pooled_ci["mean"][0] - naive["mean"][0]) > tol
+
+
+def test_eval_options_are_the_settings_dataclass():
+    """`iama eval`'s options are EvalSettings' fields with its defaults (not written again in the CLI); an
+    unknown setting passed to evaluate() is one clear error."""
+    from dataclasses import fields
+
+    from iama.cli import build_parser
+    from iama.evaluate import EvalSettings
+
+    args = build_parser().parse_args(["eval", "some-model"])
+    defaults = EvalSettings()
+    for f in fields(EvalSettings):
+        assert getattr(args, f.name) == getattr(defaults, f.name), f.name
+    args = build_parser().parse_args(["eval", "x", "-M", "8", "--no-resume", "--quiet", "--kl", "--top-p", "0.9"])
+    assert (args.m, args.resume, args.progress, args.kl, args.top_p) == (8, False, False, True, 0.9)
+    assert build_parser().parse_args(["decode", "x"]).limit is None  # decode takes every prompt by default
+    with pytest.raises(ValueError, match="unknown evaluation setting.*'samples'"):
+        evaluate(["tiny-gpt2"], samples=8)
