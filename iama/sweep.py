@@ -202,12 +202,14 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
 # the analysis, from the evaluation's pools
 
 
-def _values_at(rewards, algorithm, n: int) -> np.ndarray:
+def _values_at(pool, criterion, n: int) -> np.ndarray:
     """(P,) per-prompt values of one criterion under its algorithm's family at N (sampling and tilted do not
-    depend on N)."""
+    depend on N; majority voting reads the pool's answers)."""
     from .evaluate import value_estimates
 
-    return value_estimates(rewards, algorithm.family, [n] if algorithm.increasing is not None else None, rng=0)[:, 0]
+    alg, i = criterion.algorithm, pool.criteria.index(criterion.name)
+    return value_estimates(pool.rewards[:, :, i], alg.family, [n] if alg.increasing is not None else None, rng=0,
+                           answers=pool.answers.get(criterion.name))[:, 0]
 
 
 def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap: int = 1000,
@@ -237,15 +239,14 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
 
     fronts = {}
     for n in [n for n in PANEL_NS if n <= m]:
-        values = {k: np.stack([_values_at(pool.rewards[:, :, i], alg, n) for i, alg in enumerate(configured)],
-                              axis=1) for k, pool in pools.items()}
+        values = {k: np.stack([_values_at(pool, c, n) for c in criteria], axis=1) for k, pool in pools.items()}
         fronts[str(n)] = bootstrap_fronts(values, groups, reference["values"], resamples=bootstrap,
                                           confidence=confidence)
 
     # the weighted objective of each weight, every criterion at its configured algorithm, paired across methods
     boot = bootstrap_weights(num_prompts, bootstrap, 0)
-    at_configured = {k: np.stack([_values_at(pool.rewards[:, :, i], alg, alg.n or 1)
-                                  for i, alg in enumerate(configured)], axis=1) for k, pool in pools.items()}
+    at_configured = {k: np.stack([_values_at(pool, c, c.algorithm.n or 1) for c in criteria], axis=1)
+                     for k, pool in pools.items()}
     per_weight = []
     for w in dict.fromkeys(p.weights for p in points):
         objective = Objective([Criterion(c.name, c.algorithm, v) for c, v in zip(criteria, w)],

@@ -179,3 +179,27 @@ def test_a_sweep_grows_by_weights_and_methods_but_not_by_settings(tmp_path, monk
     assert merge_with_saved(path, load_config(TINY, ["sweep_reference=[-1, -1]"]), settings, None, None)
     with pytest.raises(ConfigError, match="sweep_reference must be a list of 2 numbers"):
         load_config(TINY, ["sweep_reference=[1]"])
+
+
+def test_the_fronts_vote_on_the_pools_answers():
+    """A maj:N criterion's value in the sweep's analysis is maj@N over every N-subset of each prompt's pool, read
+    from the pool's answers (a sweep of a voting criterion against another)."""
+    import itertools
+
+    import numpy as np
+
+    from iama.evaluate import Pool
+    from iama.objective import Criterion
+    from iama.sweep import _values_at
+    from test_majority import vote
+
+    answers = np.array([["a", "b", "b", None, "a", "c"], ["x", "x", "y", "y", "y", None]], dtype=object)
+    correct = np.array([[1, 0, 0, 0, 1, 0], [0, 0, 1, 1, 1, 0]], dtype=float)
+    other = np.random.default_rng(0).normal(size=correct.shape)
+    pool = Pool("p", [0, 1], np.stack([other, correct], axis=2), None, ["style", "correct"],
+                answers={"correct": answers})
+    for n in (1, 2, 3, 5):
+        brute = [np.mean([vote(answers[i, list(d)], correct[i, list(d)])
+                          for d in itertools.combinations(range(6), n)]) for i in range(2)]
+        np.testing.assert_allclose(_values_at(pool, Criterion("correct", f"maj:{n}"), n), brute)
+    np.testing.assert_allclose(_values_at(pool, Criterion("style", "sampling"), 4), other.mean(1))
