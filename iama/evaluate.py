@@ -655,7 +655,8 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     report["kl"] = None
     if s.kl and specs:
         report["kl"] = kl_to_reference(aligned, specs, report["reference"], generation, dtype=s.dtype,
-                                       device=s.device, confidence=s.confidence, progress=s.progress)
+                                       device=s.device, confidence=s.confidence, progress=s.progress,
+                                       cache=out / "kl.json")
     from . import __version__
     from .utils import machine_info
 
@@ -783,15 +784,20 @@ def _pools_from_files(pool_records, criteria, taken):
 
 
 def kl_to_reference(pools: list[Pool], specs, reference: str | None, settings, *, dtype=None, device=None,
-                    confidence: float = 0.95, progress: bool = False) -> dict | None:
+                    confidence: float = 0.95, progress: bool = False, cache=None) -> dict | None:
     """KL(model || reference) of every sampled model but the reference, from its own pool (iama.kl), as
-    {"reference", "models": {label: {mean, ci_low, ci_high, se}}, "note"}; None without a reference model."""
+    {"reference", "models": {label: {mean, ci_low, ci_high, se}}, "note"}; None without a reference model.
+    cache: a JSON file of per-prompt KLs, reused for a model whose pool, model and reference are unchanged (an
+    evaluation run again, e.g. a finished sweep's report, does not pay the forward passes again)."""
+    import hashlib
+    import json
     from dataclasses import asdict
 
     from tqdm.auto import tqdm
 
     from .decode import HFBackend
     from .kl import plain_sampling, pool_kl
+    from .utils import atomic_write_json
 
     models = {s.label: s.model for s in specs}
     if reference not in models:
@@ -800,11 +806,19 @@ def kl_to_reference(pools: list[Pool], specs, reference: str | None, settings, *
     if not plain_sampling(asdict(settings)):
         result["note"] = "not estimated: the pools were not drawn by plain sampling (temperature 1, no truncation)"
         return result
-    ref = HFBackend(models[reference], dtype=dtype, device=device)
-    todo = [p for p in pools if p.label != reference and p.label in models]
-    for pool in tqdm(todo, desc=f"KL to {reference}", unit="model", disable=not progress):
-        policy = HFBackend(models[pool.label], dtype=dtype, device=device)
-        per_prompt = pool_kl(pool.records, policy, ref)
-        result["models"][pool.label] = json_safe(mean_ci(per_prompt, confidence))
-        del policy
+    saved = json.loads(Path(cache).read_text()) if cache is not None and Path(cache).is_file() else {}
+    ref = None
+    for pool in tqdm([p for p in pools if p.label != reference and p.label in models], desc=f"KL to {reference}",
+                     unit="model", disable=not progress):
+        samples = [[r["prompt"], [c.get("ids") for c in r["candidates"]]] for r in pool.records]
+        key = hashlib.sha256(json.dumps([models[pool.label], models[reference], str(dtype), samples],
+                                        default=str).encode()).hexdigest()
+        if saved.get(pool.label, {}).get("key") != key:
+            ref = ref or HFBackend(models[reference], dtype=dtype, device=device)
+            policy = HFBackend(models[pool.label], dtype=dtype, device=device)
+            saved[pool.label] = {"key": key, "per_prompt": pool_kl(pool.records, policy, ref).tolist()}
+            del policy
+            if cache is not None:
+                atomic_write_json(cache, saved)
+        result["models"][pool.label] = json_safe(mean_ci(np.array(saved[pool.label]["per_prompt"]), confidence))
     return result

@@ -291,7 +291,7 @@ def test_parse_reward_args():
         parse_reward_args(["a=x", "a=y"])
 
 
-def test_eval_end_to_end_on_the_tiny_model_saves_pools_and_a_report(tmp_path):
+def test_eval_end_to_end_on_the_tiny_model_saves_pools_and_a_report(tmp_path, monkeypatch):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"criteria": [
         {"name": "short", "reward": "length:4:16", "algorithm": "bon:2", "weight": 0.5},
@@ -317,6 +317,21 @@ def test_eval_end_to_end_on_the_tiny_model_saves_pools_and_a_report(tmp_path):
                      bootstrap=100, plots=False)
     assert again["models"]["other"]["objective"]["mean"] == report["models"]["other"]["objective"]["mean"]
     assert again["effective_n"] == report["effective_n"]
+    # run again on the same pools: the KL comes from OUT/kl.json, with no forward pass; a changed pool is redone
+    import iama.kl
+
+    calls = []
+    real_pool_kl = iama.kl.pool_kl
+    monkeypatch.setattr(iama.kl, "pool_kl", lambda *a, **k: calls.append(1) or real_pool_kl(*a, **k))
+    rerun = evaluate(["base=tiny-gpt2", "other=tiny-gpt2"], config=cfg, limit=6, m=4, out=out, bootstrap=100,
+                     progress=False, kl=True, plots=False)
+    assert calls == [] and rerun["kl"] == report["kl"]
+    saved = json.loads((out / "kl.json").read_text())
+    saved["other"]["key"] = "a pool drawn before"
+    (out / "kl.json").write_text(json.dumps(saved))
+    assert evaluate(["base=tiny-gpt2", "other=tiny-gpt2"], config=cfg, limit=6, m=4, out=out, bootstrap=100,
+                    progress=False, kl=True, plots=False)["kl"] == report["kl"]
+    assert calls == [1]
 
 
 def test_pool_texts_with_unicode_line_separators_round_trip(tmp_path):
