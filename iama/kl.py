@@ -41,18 +41,23 @@ def completion_logprobs(backend, prompts, completions, batch_size: int = 16) -> 
     for start in range(0, len(completions), batch_size):
         rows = [(prompt_ids[k], list(c)) for k, c in
                 zip(keys[start:start + batch_size], completions[start:start + batch_size])]
-        width = max(len(p) + len(c) for p, c in rows)
-        ids = torch.tensor([p + c + [pad] * (width - len(p) - len(c)) for p, c in rows], device=backend.device)
-        mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for p, c in rows],
+        # prompts left-padded so that every completion starts at position `lp`: the LM head (most of the cost on a
+        # large vocabulary) then runs on the completion positions only; position ids skip the padding
+        lp, lc = max(len(p) for p, _ in rows), max(len(c) for _, c in rows)
+        if lc == 0:
+            continue
+        ids = torch.tensor([[pad] * (lp - len(p)) + p + c + [pad] * (lc - len(c)) for p, c in rows],
+                           device=backend.device)
+        mask = torch.tensor([[0] * (lp - len(p)) + [1] * (len(p) + len(c)) + [0] * (lc - len(c)) for p, c in rows],
                             device=backend.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = torch.arange(lp - 1, lp + lc - 1, device=backend.device)  # the logits at t predict token t + 1
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        for i, (p, c) in enumerate(rows):
-            if not c:
-                continue
-            # the logits at position t predict token t + 1
-            lp = torch.log_softmax(logits[i, len(p) - 1:len(p) + len(c) - 1].float(), dim=-1)
-            out[start + i] = float(lp.gather(-1, ids[i, len(p):len(p) + len(c)].unsqueeze(-1)).sum())
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+            token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, lp:, None])[..., 0]  # (B, lc)
+            in_completion = torch.arange(lc, device=backend.device)[None, :] < torch.tensor(
+                [len(c) for _, c in rows], device=backend.device)[:, None]
+            out[start:start + len(rows)] = (token_lp * in_completion).sum(-1).cpu().numpy()
     return out
 
 
