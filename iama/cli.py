@@ -62,7 +62,7 @@ def _eval(a):
 
 def _settings_args(p, names=None, **defaults):
     """Options from EvalSettings' fields (type, default and help from the dataclass); `defaults` replace some."""
-    from dataclasses import MISSING, fields
+    from dataclasses import fields
 
     from .evaluate import EvalSettings
 
@@ -71,7 +71,7 @@ def _settings_args(p, names=None, **defaults):
             continue
         meta = f.metadata
         flags = meta.get("flags") or ("--" + f.name.replace("_", "-"),)
-        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        default = defaults.get(f.name, f.default)
         if f.type == "bool":
             p.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true", help=meta["help"])
         else:

@@ -41,8 +41,8 @@ def completion_logprobs(backend, prompts, completions, batch_size: int = 16) -> 
     for start in range(0, len(completions), batch_size):
         rows = [(prompt_ids[k], list(c)) for k, c in
                 zip(keys[start:start + batch_size], completions[start:start + batch_size])]
-        # prompts left-padded so that every completion starts at position `lp`: the LM head (most of the cost on a
-        # large vocabulary) then runs on the completion positions only; position ids skip the padding
+        # prompts left-padded so that every completion starts at position `lp`: the LM head and the log-softmax over
+        # the vocabulary then run on the completion positions only; position ids skip the padding
         lp, lc = max(len(p) for p, _ in rows), max(len(c) for _, c in rows)
         if lc == 0:
             continue
