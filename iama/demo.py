@@ -120,6 +120,7 @@ def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=N
     from .report import effective_statements
     from .trainer import completed, train
 
+    started = time.perf_counter()
     out, configs = Path(out), Path(configs or CONFIGS)
     if configs.resolve().is_relative_to(Path.cwd().resolve()):  # the report names it, without this machine's path
         configs = configs.resolve().relative_to(Path.cwd().resolve())
@@ -141,6 +142,7 @@ def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=N
         for label, (args, cfg) in todo.items():
             print(f"== training {label}: {args[0]} ==", flush=True)
             runs[label] = train(cfg)
+    trained = time.perf_counter()
     cfg = jobs["iama"][1]
     trained_on = cfg.max_prompts or 0
     print(f"== evaluating on {eval_prompts} held-out prompts, M = {m} samples each ==", flush=True)
@@ -153,5 +155,19 @@ def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=N
     )
     for line in effective_statements(report):
         print(line)
+    _write_timing(out, started, trained, todo, cores, parallel)
     print(f"report: {out / 'report.md'}")
     return report
+
+
+def _write_timing(out: Path, started: float, trained: float, trained_now: dict, cores: int, parallel: bool) -> None:
+    """OUT/timing.json: this call's wall time by stage, with the machine (runs or pools reused cost nothing)."""
+    from .utils import atomic_write_json, machine_info
+
+    now = time.perf_counter()
+    timing = {"total_s": now - started, "training_s": trained - started, "evaluating_s": now - trained,
+              "trained_now": sorted(trained_now), "side_by_side": bool(parallel and len(trained_now) > 1),
+              "cores": cores, "machine": machine_info()}
+    atomic_write_json(out / "timing.json", timing)
+    print(f"== {timing['total_s'] / 60:.1f} minutes: training {timing['training_s'] / 60:.1f}, "
+          f"evaluating {timing['evaluating_s'] / 60:.1f} ({out / 'timing.json'}) ==", flush=True)

@@ -25,9 +25,14 @@ def test_demo_runs_end_to_end_then_reuses_its_runs(tmp_path, capsys, monkeypatch
     assert "iama with N = 4 matches grpo with N = " in printed and "(objective)" in printed
     assert (tmp_path / "report.md").is_file() and (tmp_path / "lengths.png").is_file()
     assert sorted(p.name for p in (tmp_path / "pools").iterdir()) == ["grpo.jsonl", "iama.jsonl", "untrained.jsonl"]
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["trained_now"] == ["grpo", "iama"] and timing["cores"] >= 1
+    assert 0 < timing["training_s"] < timing["total_s"]
+    assert timing["training_s"] + timing["evaluating_s"] == pytest.approx(timing["total_s"])
 
     assert main(args) == 0  # finished runs and drawn pools are reused, not redone
     assert capsys.readouterr().out.count("the run is complete") == 2
+    assert json.loads((tmp_path / "timing.json").read_text())["trained_now"] == []  # this call trained nothing
 
     assert main([*args, "--seed", "1"]) == 2  # a finished run is never silently one of other settings
     assert "seed" in capsys.readouterr().err
