@@ -73,7 +73,7 @@ def main():
     args = ap.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant)
     commits = {label: commit_of(rev) for label, rev in variants.items()}
-    command = " ".join(["python"] + sys.argv)
+    command = " ".join(["python", *(a.replace(f"{ROOT}/", "") for a in sys.argv)])  # no path of this machine
     # resumable: a variant already measured by this command (same revision) is kept, each one saved when done
     done = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     results = {k: v for k, v in done.get("variants", {}).items()
