@@ -29,7 +29,10 @@ CONFIGS = ["length.yaml", "length-baseline.yaml"]
 
 
 def commit_of(rev: str) -> str:
-    return subprocess.run(["git", "rev-parse", rev], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    done = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"demo_time: {rev!r} is not a commit of this repository")
+    return done.stdout.strip()
 
 
 def configs_at(commit: str, folder: Path) -> None:
