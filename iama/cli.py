@@ -97,7 +97,7 @@ def _sweep(a):
 
     run_sweep(a.config, a.overrides, weights=a.weights, methods=a.methods, jobs=a.jobs, out=a.out, model=a.model,
               steps=a.steps, eval_prompts=a.eval_prompts, m=a.m, bootstrap=a.bootstrap, progress=not a.quiet,
-              command="iama " + shlex.join(a.argv))
+              command="iama " + shlex.join(a.argv), seeds=a.seeds, primary_n=a.primary_n, eval_offset=a.eval_offset)
 
 
 def _lab(args):
@@ -193,7 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="override the config's model")
     p.add_argument("--steps", type=int, default=None, help="override the config's max_steps")
     p.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts to evaluate on")
+    p.add_argument("--eval-offset", type=int, default=None, help="the first held-out prompt (default: after the "
+                   "config's max_prompts), e.g. a confirmation split no pilot has seen")
     p.add_argument("-M", "--m", type=int, default=16, help="samples per prompt in the evaluation pools")
+    p.add_argument("--seeds", default=None, help="train every point once per seed, e.g. 0,1,2: intervals over "
+                   "seeds and prompts (default: the config's seed, one run per point)")
+    p.add_argument("--primary-n", type=int, default=None, help="the budget N of the primary contrast, IAMA - GRPO "
+                   "hypervolume, declared before the run (default: the criteria's largest configured N)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_sweep)

@@ -37,7 +37,8 @@ from .decode import answer_key_read
 from .fronts import pareto_mask
 from .objective import Criterion, Objective, parse_criteria
 from .rewards import reward_gives_answers, spec_text
-from .stats import bootstrap_weights, mean_ci, percentile_ci
+from .stats import (bootstrap_weights, difference_ci, mean_ci, percentile_ci, positive_mean_ci, seed_draws,
+                    seed_parts, seed_resample, value_ci)
 from .utils import json_safe, safe_name
 
 SCHEMA_VERSION = 1
@@ -248,11 +249,37 @@ class Pool:
 # the estimation core
 
 
-def paired_difference(model_values, ref_values, objective, boot, confidence) -> dict:
-    """g(model) - g(reference) at the configured algorithms, with a paired percentile bootstrap over prompts
-    (both pools are on the same prompts, so prompt-to-prompt variation cancels). Values: (P, criteria)."""
+def criterion_bounds(criterion, binary: bool = False):
+    """(low, high), the range of a criterion's values under any algorithm (each selects or averages rewards): its
+    reward's declared range (rewards.reward_bounds), else [0, 1] for a reward that is 0/1 in every pool; None
+    when unknown (its intervals are then normal)."""
+    from .rewards import reward_bounds
+
+    known = reward_bounds(criterion.reward) if criterion.reward is not None else None
+    return known if known is not None else ((0.0, 1.0) if binary else None)
+
+
+def objective_bounds(objective, bounds):
+    """The range of a linear ('sum') objective's per-prompt values given its criteria's ranges; None when one
+    is unknown."""
+    if any(b is None for b in bounds):
+        return None
+    lo = sum(min(w * a, w * b) for w, (a, b) in zip(objective.weights, bounds))
+    hi = sum(max(w * a, w * b) for w, (a, b) in zip(objective.weights, bounds))
+    return (float(lo), float(hi)) if hi > lo else None
+
+
+def paired_difference(model_values, ref_values, objective, boot, confidence, bounds=None) -> dict:
+    """g(model) - g(reference) at the configured algorithms (both pools on the same prompts, so prompt-to-prompt
+    variation cancels). Values: (P, criteria). A linear ('sum') g is a mean over prompts of per-prompt values,
+    so its difference gets the paired difference interval of its kind (stats.difference_ci; `bounds`: the
+    objective's range or None); any other g a paired percentile bootstrap over prompts."""
     out = {"mean": float(objective.aggregate(model_values.mean(0)) - objective.aggregate(ref_values.mean(0)))}
-    if boot is not None:
+    if objective.aggregator == "sum":
+        if len(model_values) > 1:
+            ci = difference_ci(model_values @ objective.weights, ref_values @ objective.weights, bounds, confidence)
+            out.update(ci_low=float(ci["ci_low"]), ci_high=float(ci["ci_high"]))
+    elif boot is not None:
         diffs = objective.aggregate(boot @ model_values) - objective.aggregate(boot @ ref_values)
         lo, hi = percentile_ci(diffs, confidence)
         out.update(ci_low=float(lo), ci_high=float(hi))
@@ -290,60 +317,106 @@ def estimate(pools: list[Pool], criteria, *, aggregator: str = "sum", gamma: flo
 
     criteria: Criterion or {name, algorithm, weight, reward?} (parse_criteria); the objective is g(R_1..R_m)
     with `aggregator`, each R_i the value of criterion i under its own family at a common N (a sampling or tilted
-    criterion is N-free)."""
+    criterion is N-free). Labels METHOD@SEED (e.g. grpo@0 grpo@1) name trained seeds of one method: the report
+    then also has method-level estimates under `methods`, whose intervals resample seeds and prompts
+    (method_estimates); `reference` may name such a method."""
     criteria = parse_criteria(criteria)
-    reference = _check_pools(pools, criteria, reference, algorithms or (), confidence)
+    groups = seed_groups([p.label for p in pools])
+    reference, ref_model = _check_pools(pools, criteria, reference, algorithms or (), confidence, groups)
     answered = _answered_criteria(pools, criteria, algorithms or ())
     families = criteria_families(criteria, algorithms, answered)
     names = [c.name for c in criteria]
     # a 0/1 reward under best-of-k is pass@k
     binary = {n: all(np.isin(p.rewards[:, :, i], (0.0, 1.0)).all() for p in pools) for i, n in enumerate(names)}
+    bounds = {c.name: criterion_bounds(c, binary[c.name]) for c in criteria}
     objective = Objective(criteria, aggregator=aggregator, gamma=gamma)
+    obj_bounds = objective_bounds(objective, [bounds[n] for n in names])
     P = len(pools[0].prompts)
     boot = bootstrap_weights(P, bootstrap, seed) if bootstrap and P > 1 else None
     rng = np.random.default_rng(seed)
 
-    per_model = {p.label: _model_estimates(p, criteria, families, objective, boot, confidence, rng) for p in pools}
+    per_model = {p.label: _model_estimates(p, criteria, families, objective, boot, confidence, rng, bounds,
+                                           obj_bounds) for p in pools}
     models = {label: e.entry for label, e in per_model.items()}
-    ref, ref_pool = per_model[reference], next(p for p in pools if p.label == reference)
+    ref, ref_pool = per_model[ref_model], next(p for p in pools if p.label == ref_model)
     effective, wins = {}, {}
     for pool in pools:
-        if pool.label == reference:
+        if pool.label == ref_model:
             continue
         est = per_model[pool.label]
         est.entry["objective_configured"]["minus_reference"] = paired_difference(
-            est.configured, ref.configured, objective, boot, confidence)
+            est.configured, ref.configured, objective, boot, confidence, obj_bounds)
         effective[pool.label] = _effective_n_entries(est, ref, criteria, families, objective, boot, confidence)
         wins[pool.label] = _win_rates(pool, ref_pool, est, ref, names, [n for n in answered if binary[n]], confidence)
+    methods = (method_estimates(per_model, groups, reference, criteria, families, objective, boot, confidence, seed)
+               if any(len(v) > 1 for v in groups.values()) else None)
 
     configured = [c.algorithm for c in criteria]
+    linear = aggregator == "sum"
+    value_method = ("Wilson score interval at the effective sample size p(1 - p) / SE^2 on the criterion's range "
+                    "(stats.bounded_mean_ci) where the range is known, else normal: mean +- z * SE over prompts")
+    difference_method = ("MOVER: the two Wilson intervals recombined with the per-prompt correlation "
+                         "(stats.paired_difference_ci) where the range is known, else normal on the paired "
+                         "per-prompt differences")
+    bootstrap_method = f"percentile bootstrap over prompts, {bootstrap} resamples, the same for every model (paired)"
     return json_safe({
         "schema_version": SCHEMA_VERSION,
         "confidence": confidence,
-        "ci_method": {"values": "normal: mean +- z * SE over prompts (per-prompt unbiased estimates are "
-                                "independent across prompts)",
-                      "objective": f"percentile bootstrap over prompts, {bootstrap} resamples",
-                      "effective_n": f"percentile bootstrap over prompts, {bootstrap} resamples (paired)",
-                      "minus_reference": f"percentile bootstrap over prompts, {bootstrap} resamples (paired)",
-                      "win_rates": "normal: mean +- z * SE over prompts",
-                      "cross_effects": "normal: mean +- z * SE over prompts (selection by rewards: bon and won)"},
+        "ci_method": {"values": value_method,
+                      "objective": (f"as values (a weighted sum is a mean over prompts), on the range {obj_bounds}"
+                                    if linear else bootstrap_method),
+                      "effective_n": bootstrap_method,
+                      "minus_reference": difference_method if linear else bootstrap_method,
+                      "win_rates": "Wilson score interval at the effective sample size, on [0, 1]",
+                      "cross_effects": value_method + " (selection by rewards: bon and won)",
+                      "kl": "normal on the log scale (delta method), inside (0, inf)",
+                      "seeds": (None if methods is None else
+                                f"two-stage percentile bootstrap: each method's seeds with replacement, then prompts "
+                                f"(the same for every model), {bootstrap} resamples; every method-level quantity"),
+                      "trained_model": ("each model's intervals hold its trained weights fixed (prompts and "
+                                        "samples vary, the training run does not)")},
         "num_prompts": P,
         "criteria": [{"name": c.name, "reward": spec_text(c.reward), "algorithm": c.algorithm.spec,
                       "weight": c.weight, "family": c.algorithm.family, "n": c.algorithm.n,
-                      "families": families[c.name], "answers": c.name in answered, "binary": binary[c.name]}
+                      "families": families[c.name], "answers": c.name in answered, "binary": binary[c.name],
+                      "range": None if bounds[c.name] is None else list(bounds[c.name])}
                      for c in criteria],
-        "objective": {"aggregator": aggregator, "gamma": gamma, "description": objective.describe()},
+        "objective": {"aggregator": aggregator, "gamma": gamma, "description": objective.describe(),
+                      "range": None if obj_bounds is None else list(obj_bounds)},
         "reference": reference,
+        "reference_model": ref_model,
         "key_n": key_ns(min(p.m for p in pools), [alg.n for alg in configured]),
         "models": models,
+        "methods": methods,
         "effective_n": effective,
         "win_rates": wins,
         "pareto": pareto_fronts(models, names, configured),
     })
 
 
-def _check_pools(pools, criteria, reference, algorithms, confidence) -> str:
-    """One clear error for pools that cannot be estimated together; returns the reference's label."""
+def seed_groups(labels) -> dict:
+    """{method: [labels]}: labels METHOD@SEED grouped by METHOD (in order of appearance), any other label a group
+    of its own. Two seeds of one method are needed for a seed-level interval: a METHOD@SEED alone is an error,
+    as is a METHOD that is also a plain label."""
+    groups: dict[str, list] = {}
+    for label in labels:
+        method, at, tag = label.rpartition("@")
+        if at and (not method or not tag):
+            raise ValueError(f"model label {label!r}: write METHOD@SEED, e.g. grpo@0")
+        groups.setdefault(method if at else label, []).append(label)
+    for method, members in groups.items():
+        seeded = [m for m in members if "@" in m]
+        if seeded and len(seeded) != len(members):
+            raise ValueError(f"{method!r} is both a model and a method of seeds ({', '.join(seeded)}); rename one")
+        if len(seeded) == 1:
+            raise ValueError(f"method {method!r} has one seed ({seeded[0]}): a seed-level interval needs two or "
+                             f"more; add seeds or label the model without @")
+    return groups
+
+
+def _check_pools(pools, criteria, reference, algorithms, confidence, groups) -> tuple[str, str]:
+    """One clear error for pools that cannot be estimated together; returns (the reference: a model's label or a
+    method of seeds, the model that per-model comparisons are made against: the reference or its first seed)."""
     if not pools:
         raise ValueError("nothing to evaluate: no pools")
     names = [c.name for c in criteria]
@@ -356,8 +429,9 @@ def _check_pools(pools, criteria, reference, algorithms, confidence) -> str:
     if len({len(p.prompts) for p in pools}) != 1:
         raise ValueError("all pools must cover the same prompts (use align_pools)")
     reference = reference or labels[0]
-    if reference not in labels:
+    if reference not in labels and reference not in groups:
         raise ValueError(f"reference {reference!r} is not one of the models {labels}")
+    ref_model = reference if reference in labels else groups[reference][0]
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     for c in criteria:
@@ -375,7 +449,7 @@ def _check_pools(pools, criteria, reference, algorithms, confidence) -> str:
             if a.shape != p.rewards.shape[:2]:
                 raise ValueError(f"pool {p.label!r}: answers for {n!r} have shape {a.shape}, the rewards "
                                  f"{p.rewards.shape[:2]}")
-    return reference
+    return reference, ref_model
 
 
 def _answered_criteria(pools, criteria, algorithms) -> list[str]:
@@ -404,7 +478,10 @@ class _ModelEstimates:
     entry: dict
 
 
-def _model_estimates(pool, criteria, families, objective, boot, confidence, rng) -> _ModelEstimates:
+def _model_estimates(pool, criteria, families, objective, boot, confidence, rng, bounds, obj_bounds):
+    """A model's per-prompt estimates and its report entry. Intervals by kind (stats): a value or a linear
+    objective is a mean over prompts (value_ci on its range, `bounds` / `obj_bounds`); a non-linear objective
+    gets the percentile bootstrap."""
     m, names = pool.m, [c.name for c in criteria]
     values, value_entries = {}, {}
     for i, name in enumerate(names):
@@ -413,7 +490,7 @@ def _model_estimates(pool, criteria, families, objective, boot, confidence, rng)
             ns = family_ns(fam, m)
             values[name, fam] = est = value_estimates(pool.rewards[:, :, i], fam, ns, rng=rng,
                                                       answers=pool.answers.get(name))
-            value_entries[name][fam] = _curve_json(mean_ci(est, confidence), ns)
+            value_entries[name][fam] = _curve_json(value_ci(est, bounds[name], confidence), ns)
     # the objective along N (N-free criteria constant) and at each criterion's configured N
     curve = np.stack([values[c.name, c.algorithm.family] if c.algorithm.increasing is not None
                       else np.repeat(values[c.name, c.algorithm.family][:, :1], m, axis=1) for c in criteria], axis=1)
@@ -422,15 +499,21 @@ def _model_estimates(pool, criteria, families, objective, boot, confidence, rng)
     configured_entry = {"mean": float(objective.aggregate(configured.mean(axis=0))),
                         "values": {n: float(v) for n, v in zip(names, configured.mean(0))},
                         "algorithms": {c.name: c.algorithm.spec for c in criteria}}
-    if boot is not None:
+    if objective.aggregator == "sum":  # per prompt, sum_i w_i R_i: a mean over prompts like any value
+        if len(curve) > 1:
+            ci = value_ci(np.einsum("pin,i->pn", curve, objective.weights), obj_bounds, confidence)
+            objective_entry.update(ci_low=ci["ci_low"], ci_high=ci["ci_high"], se=ci["se"])
+            ci = value_ci(configured @ objective.weights, obj_bounds, confidence)
+            configured_entry.update(ci_low=float(ci["ci_low"]), ci_high=float(ci["ci_high"]))
+    elif boot is not None:
         bobj = objective.aggregate(np.moveaxis(np.einsum("bp,pin->bin", boot, curve), 1, -1))  # (B, M)
         lo, hi = percentile_ci(bobj, confidence)
         objective_entry.update(ci_low=lo, ci_high=hi, se=bobj.std(axis=0, ddof=1))
         lo, hi = percentile_ci(objective.aggregate(boot @ configured), confidence)
         configured_entry.update(ci_low=float(lo), ci_high=float(hi))
     # cross-effects: select by a with bon / won, measure every b
-    cross = {a: {fam: {b: _curve_json(mean_ci(cross_estimates(pool.rewards[:, :, ia], pool.rewards[:, :, ib], fam),
-                                              confidence), range(1, m + 1))
+    cross = {a: {fam: {b: _curve_json(value_ci(cross_estimates(pool.rewards[:, :, ia], pool.rewards[:, :, ib], fam),
+                                               bounds[b], confidence), range(1, m + 1))
                        for ib, b in enumerate(names)} for fam in ("bon", "won")} for ia, a in enumerate(names)}
     entry = {"num_prompts": len(pool.prompts), "m": m, "values": value_entries, "objective": objective_entry,
              "objective_configured": configured_entry, "cross_effects": cross,
@@ -485,14 +568,107 @@ def _win_rates(pool, ref_pool, est, ref, names, binary_answered, confidence) -> 
     wins = {}
     ns = range(1, min(pool.m, ref_pool.m) + 1)
     for i, name in enumerate(names):
-        wins[name] = {fam: _curve_json(mean_ci(win_rate_estimates(pool.rewards[:, :, i], ref_pool.rewards[:, :, i], fam,
-                                                                  ns), confidence), ns) for fam in ("bon", "won")}
+        wins[name] = {fam: _curve_json(value_ci(win_rate_estimates(pool.rewards[:, :, i], ref_pool.rewards[:, :, i],
+                                                                   fam, ns), (0.0, 1.0), confidence), ns)
+                      for fam in ("bon", "won")}
         if name in binary_answered:
             # P(X > Y) + P(X = Y) / 2 = (1 + P(X = 1) - P(Y = 1)) / 2, with P(X = 1) maj@N's value
             k = len(ns)
             est_wins = 0.5 + 0.5 * (est.values[name, "maj"][:, :k] - ref.values[name, "maj"][:, :k])
-            wins[name]["maj"] = _curve_json(mean_ci(est_wins, confidence), ns)
+            wins[name]["maj"] = _curve_json(value_ci(est_wins, (0.0, 1.0), confidence), ns)
     return wins
+
+
+def method_estimates(per_model, groups, reference, criteria, families, objective, boot, confidence,
+                     seed: int = 0) -> dict:
+    """Method-level estimates, for the methods of two or more seeds and the reference: a method's value of any
+    quantity is the mean over its seeds of each seed's value (the expected result of one training run), with the
+    two-stage bootstrap (stats.seed_resample): seeds drawn with replacement for each method, prompts resampled
+    the same way for every model, so that a difference between methods is paired in prompts and its seeds are
+    independent. Each entry also gives `se_within` (prompts, the trained models fixed) and `se_between` (seeds).
+    A single model (e.g. the untrained one) is a method of one seed: it varies with the prompts only."""
+    if boot is None:
+        raise ValueError("seed-level intervals need bootstrap resamples (--bootstrap >= 1) and two or more prompts")
+    chosen = {g: ls for g, ls in groups.items() if len(ls) > 1 or reference in (g, *ls)}
+    ms = {per_model[label].curve.shape[2] for ls in chosen.values() for label in ls}
+    m = min(ms)
+    draws = {g: seed_draws(len(ls), len(boot), [seed, i]) for i, (g, ls) in enumerate(chosen.items())}
+
+    def stat(group, point_fn, boot_fn):
+        """point (...), resampled (B, ...) and the report entry of a per-seed statistic."""
+        point = np.stack([point_fn(per_model[k]) for k in chosen[group]])
+        per_boot = np.stack([boot_fn(per_model[k]) for k in chosen[group]])
+        samples = seed_resample(per_boot, draws[group])
+        lo, hi = percentile_ci(samples, confidence)
+        parts = seed_parts(point, per_boot)
+        return point.mean(0), samples, {"mean": point.mean(0), "ci_low": lo, "ci_high": hi,
+                                        "se_within": parts["within"], "se_between": parts["between"]}
+
+    def configured(e):
+        return objective.aggregate(e.configured.mean(0))
+
+    def configured_boot(e):
+        return objective.aggregate(boot @ e.configured)
+
+    def along_n(e):
+        return objective.aggregate(e.curve[:, :, :m].mean(0).T)
+
+    def along_n_boot(e):
+        k = e.curve.shape[1]
+        return objective.aggregate(np.moveaxis((boot @ e.curve[:, :, :m].reshape(boot.shape[1], -1))
+                                               .reshape(-1, k, m), 1, -1))
+
+    ref_group = next(g for g, ls in chosen.items() if reference in (g, *ls))
+    ref_point, ref_samples, _ = stat(ref_group, configured, configured_boot)
+    ref_curve, ref_curve_samples, _ = stat(ref_group, along_n, along_n_boot)
+    out = {}
+    for group, labels in chosen.items():
+        point, samples, entry = stat(group, configured, configured_boot)
+        curve, curve_samples, curve_entry = stat(group, along_n, along_n_boot)
+        values = {c.name: {fam: {"n": family_ns(fam, m), **stat(
+            group, lambda e, c=c, fam=fam: e.values[c.name, fam][:, :len(family_ns(fam, m))].mean(0),
+            lambda e, c=c, fam=fam: boot @ e.values[c.name, fam][:, :len(family_ns(fam, m))])[2]}
+            for fam in families[c.name]} for c in criteria}
+        result = {"seeds": labels, "objective_configured": entry, "objective": {"n": list(range(1, m + 1)),
+                                                                                 **curve_entry},
+                  "values": values}
+        if group != ref_group:
+            diff = samples - ref_samples
+            lo, hi = percentile_ci(diff, confidence)
+            result["minus_reference"] = {"mean": float(point - ref_point), "ci_low": float(lo), "ci_high": float(hi),
+                                         "se_within": _within_of_difference(group, ref_group, per_model, chosen,
+                                                                            configured_boot),
+                                         "se_between": _hypot(entry["se_between"], _between(ref_group, chosen,
+                                                                                          per_model, configured))}
+            inc = bool(ref_curve[-1] >= ref_curve[0])
+            beaten = curve < ref_curve[0] if inc else curve > ref_curve[0]
+            eff = effective_n(np.broadcast_to(ref_curve, (m, len(ref_curve))), curve, increasing=inc)
+            elo, ehi = percentile_ci(effective_n(ref_curve_samples[:, None, :].repeat(m, 1), curve_samples,
+                                                 increasing=inc), confidence)
+            result["effective_n"] = {"n": list(range(1, m + 1)),
+                                     "effective_n": [("at most 1" if b else v)
+                                                     for b, v in zip(beaten, _json_effective(eff, m))],
+                                     "ci_low": _json_effective(elo, m), "ci_high": _json_effective(ehi, m),
+                                     "increasing": inc}
+        out[group] = result
+    return {"reference": ref_group, "methods": out}
+
+
+def _between(group, chosen, per_model, fn):
+    point = np.stack([fn(per_model[k]) for k in chosen[group]])
+    return float(point.std(ddof=1) / math.sqrt(len(point))) if len(point) > 1 else None
+
+
+def _within_of_difference(a, b, per_model, chosen, boot_fn):
+    """The SE over prompt resamples of (mean over a's seeds) - (mean over b's seeds): the prompt part."""
+    da = np.mean([boot_fn(per_model[k]) for k in chosen[a]], axis=0)
+    db = np.mean([boot_fn(per_model[k]) for k in chosen[b]], axis=0)
+    return float((da - db).std(ddof=1))
+
+
+def _hypot(x, y):
+    parts = [v for v in (x, y) if v is not None]
+    return float(math.sqrt(sum(float(v) ** 2 for v in parts))) if parts else None
 
 
 def key_ns(m: int, configured=()) -> list[int]:
@@ -736,10 +912,29 @@ def _check_before_sampling(specs, criteria, algorithms, m):
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be unique, got {labels}; name them LABEL=PATH")
+    check_seeds(specs)
     from .rewards import check_reward
 
     for c in criteria:
         check_reward(c.reward)
+
+
+def check_seeds(specs) -> None:
+    """Seeds of one method (labels METHOD@SEED) must be runs of one config but for their seed: the first run that
+    differs is named, with the settings in which it does."""
+    from .config import to_dict
+    from .trainer import settings_differ
+
+    for method, labels in seed_groups([s.label for s in specs]).items():
+        runs = [s for s in specs if s.label in labels]
+        first = next((s for s in runs if s.config is not None), None)
+        for s in runs:
+            if s is first or first is None or s.config is None:
+                continue
+            differ = [k for k in settings_differ(to_dict(first.config), s.config) if k != "seed"]
+            if differ:
+                raise ValueError(f"{s.label} ({s.model}) is not a seed of the same method as {first.label}: "
+                                 f"{', '.join(differ)} differ")
 
 
 def _sample_pools(specs, run_config, criteria, objective_settings, s: EvalSettings):
@@ -820,5 +1015,6 @@ def kl_to_reference(pools: list[Pool], specs, reference: str | None, settings, *
             del policy
             if cache is not None:
                 atomic_write_json(cache, saved)
-        result["models"][pool.label] = json_safe(mean_ci(np.array(saved[pool.label]["per_prompt"]), confidence))
+        result["models"][pool.label] = json_safe(positive_mean_ci(np.array(saved[pool.label]["per_prompt"]),
+                                                                   confidence))
     return result

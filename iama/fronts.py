@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .stats import bootstrap_weights, percentile_ci
+from .stats import bootstrap_weights, percentile_ci, seed_parts, seed_resample, value_ci
 
 
 def pareto_mask(points) -> np.ndarray:
@@ -65,46 +65,95 @@ def front_line(points, reference) -> np.ndarray:
     return np.array(line)
 
 
-def bootstrap_fronts(values: dict, groups: dict, reference, *, difference=("iama", "grpo"), resamples: int = 1000,
-                     confidence: float = 0.95, seed: int = 0) -> dict:
-    """Points, fronts and hypervolumes of groups of models, with percentile bootstrap intervals over prompts.
+def _seeds(members) -> list[list]:
+    """A method's models as a list of seeds, each a list of models: [a, b] is one seed, [[a, b], [c, d]] two."""
+    return [list(m) for m in members] if members and isinstance(members[0], (list, tuple)) else [list(members)]
 
-    values: {model: (P, m) per-prompt values}, all over the same P prompts; groups: {method: [models]};
-    reference: (m,), held fixed (a chosen point, not re-estimated per resample). Every resample reweights the
-    prompts the same way for every model (bootstrap_weights), so the difference of two methods' hypervolumes
-    is paired. A point's interval is per coordinate: the percentile interval of each criterion's bootstrap mean
-    (a box, not a joint 2-D region). Returns {"points": {model: {mean, ci_low, ci_high}}, "methods": {method:
-    {front, hypervolume: {mean, ci_low, ci_high}}}, "difference": {minuend, subtrahend, mean, ci_low, ci_high}
-    or None when `difference` does not name two of the groups}."""
+
+def method_hypervolumes(bmeans: dict, members, reference, draws=None) -> tuple[float, np.ndarray, np.ndarray, dict]:
+    """(hypervolume, its (B,) resamples over seeds and prompts, its (B,) resamples over prompts alone, {within,
+    between}) of one method above `reference`: each seed's front of its points (bmeans: {model: (B + 1, m)}, row
+    0 the full data, then the prompt resamples), the mean over seeds, resampled in two stages
+    (stats.seed_resample) with `draws` (B, S) when there are several seeds."""
+    seeds = _seeds(members)
+    per_seed = np.array([[hypervolume(s, reference) for s in np.stack([bmeans[k] for k in models], axis=1)]
+                         for models in seeds])  # (S, B + 1)
+    samples = per_seed[0, 1:] if len(seeds) == 1 else seed_resample(per_seed[:, 1:], draws)
+    return (float(per_seed[:, 0].mean()), samples, per_seed[:, 1:].mean(0),
+            seed_parts(per_seed[:, 0], per_seed[:, 1:]))
+
+
+def bootstrap_fronts(values: dict, groups: dict, reference, *, difference=("iama", "grpo"), resamples: int = 1000,
+                     confidence: float = 0.95, seed: int = 0, bounds=None, references=None, draws=None,
+                     boot=None) -> dict:
+    """Points, fronts and hypervolumes of groups of models, with intervals over prompts (and seeds).
+
+    values: {model: (P, m) per-prompt values}, all over the same P prompts; groups: {method: [models]} for one
+    trained seed per point, or {method: [[models of seed 1], [models of seed 2], ...]}; reference: (m,), held
+    fixed (a chosen point, not re-estimated per resample). A point's interval is per coordinate, the interval of
+    a value (stats.value_ci on the criterion's range from `bounds`, a list with None where unknown): a box, not
+    a joint region. A hypervolume's is the percentile bootstrap over prompts, the same resamples (`boot`, else
+    bootstrap_weights(P, resamples, seed)) for every model so that the difference of two methods is paired; with
+    several seeds a method's hypervolume is the mean of its seeds' and its interval the two-stage bootstrap with
+    `draws` ({method: (B, S)}, stats.seed_draws, shared across N by the caller). `references`: {name: (m,)},
+    further reference points under which the difference is also given. Returns {"points": {model: {mean, ci_low,
+    ci_high}}, "methods": {method: {front, hypervolume: {mean, ci_low, ci_high, se_within, se_between}}},
+    "difference": {minuend, subtrahend, mean, ci_low, ci_high, se_within, se_between} or None when `difference`
+    does not name two of the groups, "by_reference": {name: difference}, "samples": {method: (B,)}}."""
     labels = list(values)
     arrays = {k: np.asarray(values[k], dtype=np.float64) for k in labels}
     sizes = {a.shape[0] for a in arrays.values()}
     if len(sizes) != 1:
         raise ValueError(f"every model needs values on the same prompts; got {sorted(sizes)} prompts")
-    boot = bootstrap_weights(sizes.pop(), resamples, seed)  # (B, P)
-    means = {k: a.mean(0) for k, a in arrays.items()}
-    bmeans = {k: boot @ a for k, a in arrays.items()}  # (B, m)
+    num = sizes.pop()
+    boot = bootstrap_weights(num, resamples, seed) if boot is None else boot  # (B, P)
+    full = np.full((1, num), 1.0 / num)
+    bmeans = {k: np.vstack([full, boot]) @ a for k, a in arrays.items()}  # (B + 1, m), row 0 the data
+    width = next(iter(arrays.values())).shape[1]
+    bounds = list(bounds) if bounds is not None else [None] * width
     points = {}
     for k in labels:
-        lo, hi = percentile_ci(bmeans[k], confidence)
-        points[k] = {"mean": means[k].tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
-    methods, samples = {}, {}
+        cis = [value_ci(arrays[k][:, i], bounds[i], confidence) for i in range(width)]
+        points[k] = {"mean": arrays[k].mean(0).tolist(), "ci_low": [float(c["ci_low"]) for c in cis],
+                     "ci_high": [float(c["ci_high"]) for c in cis]}
+    draws = draws or {}
+    methods, samples, fixed = {}, {}, {}
     for method, members in groups.items():
-        pts = np.array([means[k] for k in members])
-        stacked = np.stack([bmeans[k] for k in members], axis=1)  # (B, K, m)
-        samples[method] = np.array([hypervolume(s, reference) for s in stacked])
+        seeds = _seeds(members)
+        front = [k for models in seeds for k, f in zip(models, pareto_mask([arrays[k].mean(0) for k in models]))
+                 if f]
+        hv, samples[method], fixed[method], parts = method_hypervolumes(bmeans, members, reference,
+                                                                        draws.get(method))
         lo, hi = percentile_ci(samples[method], confidence)
-        methods[method] = {"front": [k for k, f in zip(members, pareto_mask(pts)) if f],
-                           "hypervolume": {"mean": hypervolume(pts, reference), "ci_low": float(lo),
-                                           "ci_high": float(hi)}}
-    diff = None
+        methods[method] = {"front": front, "hypervolume": {"mean": hv, "ci_low": float(lo), "ci_high": float(hi),
+                                                          "se_within": _float(parts["within"]),
+                                                          "se_between": _float(parts["between"])}}
     a, b = difference
+    diff, by_reference = None, {}
     if a in groups and b in groups:
-        lo, hi = percentile_ci(samples[a] - samples[b], confidence)
-        diff = {"minuend": a, "subtrahend": b,
-                "mean": methods[a]["hypervolume"]["mean"] - methods[b]["hypervolume"]["mean"],
-                "ci_low": float(lo), "ci_high": float(hi)}
-    return {"points": points, "methods": methods, "difference": diff}
+        diff = _difference(a, b, methods[a]["hypervolume"]["mean"] - methods[b]["hypervolume"]["mean"],
+                           samples[a] - samples[b], fixed[a] - fixed[b], confidence)
+        parts = [methods[k]["hypervolume"]["se_between"] for k in (a, b)]
+        diff["se_between"] = None if None in parts else float(np.hypot(*parts))
+        for name, ref in (references or {}).items():
+            hv_a, s_a, f_a, _ = method_hypervolumes(bmeans, groups[a], ref, draws.get(a))
+            hv_b, s_b, f_b, _ = method_hypervolumes(bmeans, groups[b], ref, draws.get(b))
+            by_reference[name] = {"point": [float(v) for v in ref],
+                                  **_difference(a, b, hv_a - hv_b, s_a - s_b, f_a - f_b, confidence)}
+    return {"points": points, "methods": methods, "difference": diff, "by_reference": by_reference,
+            "samples": samples}
+
+
+def _difference(a, b, mean, samples, prompts_only, confidence) -> dict:
+    """A difference of hypervolumes: its interval from `samples` (seeds and prompts), its prompts' part
+    (se_within) from `prompts_only` (the seeds' means under prompt resampling alone)."""
+    lo, hi = percentile_ci(samples, confidence)
+    return {"minuend": a, "subtrahend": b, "mean": float(mean), "ci_low": float(lo), "ci_high": float(hi),
+            "se_within": float(np.std(prompts_only, ddof=1))}
+
+
+def _float(x):
+    return None if x is None else float(x)
 
 
 def pearson_bootstrap(x, y, *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:

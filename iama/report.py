@@ -76,7 +76,7 @@ def _table(header, rows):
 
 def effective_statements(report: dict) -> list[str]:
     """'iama with N = 4 matches base with N = 11 (objective)' for every model at each configured N."""
-    ref = report["reference"]
+    ref = report.get("reference_model", report["reference"])
     configured = sorted({c["n"] for c in report["criteria"] if c["n"]}) or [1]
     lines = []
     crits = {c["name"]: c for c in report["criteria"]}
@@ -110,9 +110,42 @@ def effective_statements(report: dict) -> list[str]:
 # report.md
 
 
+def primary_contrast(report: dict) -> list[str]:
+    """The report's lead: the configured objective minus the reference's, per method of seeds (intervals over
+    seeds and prompts) or else per model (the trained weights held fixed)."""
+    conf = int(round(100 * report["confidence"]))
+    algorithms = ", ".join(f"{c['name']}: {c['algorithm']}" for c in report["criteria"])
+    methods = report.get("methods")
+    out = ["## Primary contrast", ""]
+    if methods:
+        ref = methods["reference"]
+        out += [f"The objective at the configured algorithms ({algorithms}) of each method, the mean over its "
+                f"seeds, minus `{ref}`'s; {conf}% two-stage bootstrap over seeds and prompts. SE within: the "
+                "prompts' part (trained models fixed); SE between: the seeds' part.", ""]
+        rows = []
+        for name, e in methods["methods"].items():
+            d = e.get("minus_reference")
+            if d is None:
+                continue
+            rows.append([name, len(e["seeds"]), _with_interval(e["objective_configured"]), _with_interval(d),
+                         _fmt(d.get("se_within"), 3), _fmt(d.get("se_between"), 3)])
+        out += [_table(["method", "seeds", "objective", f"minus {ref}", "SE within", "SE between"], rows), ""]
+        return out
+    ref = report.get("reference_model", report["reference"])
+    rows = [[k, _with_interval(m["objective_configured"]), _with_interval(m["objective_configured"]["minus_reference"])]
+            for k, m in report["models"].items() if m["objective_configured"].get("minus_reference")]
+    if not rows:
+        return []
+    out += [f"The objective at the configured algorithms ({algorithms}) minus `{ref}`'s, paired over the same "
+            f"prompts, {conf}%. One training run per model: the intervals hold each trained model fixed, so they "
+            "do not include the variation between training seeds (label seeds METHOD@SEED to include it).", "",
+            _table(["model", "objective", f"minus {ref}"], rows), ""]
+    return out
+
+
 def markdown(report: dict) -> str:
     labels = list(report["models"])
-    ref = report["reference"]
+    ref = report.get("reference_model", report["reference"])
     keys = report["key_n"]
     conf = int(round(100 * report["confidence"]))
     setup = report.get("setup") or {}
@@ -134,6 +167,9 @@ def markdown(report: dict) -> str:
     out.append(_table(["criterion", "reward", "algorithm", "weight", "evaluated families"],
                       [[c["name"], f"`{c['reward']}`", c["algorithm"], _fmt(c["weight"]), ", ".join(c["families"])]
                        for c in report["criteria"]]))
+    out += [""] + primary_contrast(report)
+    if report.get("methods"):
+        out += method_tables(report)
 
     statements = effective_statements(report)
     if statements:
@@ -251,6 +287,27 @@ def markdown(report: dict) -> str:
     if report.get("plots"):
         out += ["## Plots", ""] + [f"![{name}]({name})" for name in report["plots"].values()] + [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def method_tables(report: dict) -> list[str]:
+    """Each method's values at the key N, the mean over its seeds, with two-stage intervals."""
+    methods = report["methods"]["methods"]
+    keys = report["key_n"]
+    out = ["## Methods over seeds", "",
+           "Each method's value is the mean over its seeds (" + "; ".join(
+               f"`{k}`: {', '.join(e['seeds'])}" for k, e in methods.items()) + f"); {round(100 * report['confidence'])}%"
+           " two-stage bootstrap over seeds and prompts.", ""]
+    for c in report["criteria"]:
+        for fam in c["families"]:
+            if fam == "sampling" and any(_depends_on_n(f) for f in c["families"]):
+                continue
+            rows = []
+            for k, e in methods.items():
+                curve = e["values"][c["name"]][fam]
+                rows.append([k] + ["–" if _at(curve, n) is None else _with_ci(curve, _at(curve, n)) for n in keys])
+            out += [f"**{c['name']}** under {family_label(fam, c)}:", "",
+                    _table(["method"] + [f"N = {n}" for n in keys], rows), ""]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -675,3 +675,21 @@ def reward_column(spec) -> str | None:
     except ValueError:
         return None
     return args.get("column", "answer") if kind == "answer" else None
+
+
+# The range of each built-in reward's values, for intervals that stay inside it (iama.stats); a callable may
+# declare its own as a `bounds = (low, high)` attribute.
+BOUNDS = {"sentiment": (-1.0, 1.0), "relevance": (-1.0, 1.0), "harmlessness": (0.0, 1.0), "answer": (0.0, 1.0)}
+
+
+def reward_bounds(spec):
+    """(low, high) of a reward's values where known (BOUNDS, or a callable's `bounds`), else None; loads no
+    model. The length reward's floor depends on how long completions may be, so it has none here."""
+    if callable(spec):
+        b = getattr(spec, "bounds", None) or getattr(getattr(spec, "fn", None), "bounds", None)
+        return tuple(map(float, b)) if b is not None else None
+    try:
+        kind, _, _ = _parse(spec)
+    except (ValueError, TypeError):
+        return None
+    return BOUNDS.get(kind)

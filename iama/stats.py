@@ -53,7 +53,8 @@ def _wilson(p, se, num, z):
         z2n = np.where(np.isinf(n), 0.0, z * z / n)
         centre = (p + z2n / 2) / (1 + z2n)
         half = np.sqrt(z2n * p * (1 - p) + z2n**2 / 4) / (1 + z2n)
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    # the limits bracket p exactly (at p = 1 rounding would put the upper one a hair below it)
+    return np.clip(np.minimum(centre - half, p), 0.0, 1.0), np.clip(np.maximum(centre + half, p), 0.0, 1.0)
 
 
 def bounded_mean_ci(per_prompt, low: float = 0.0, high: float = 1.0, confidence: float = 0.95) -> dict:
@@ -63,8 +64,10 @@ def bounded_mean_ci(per_prompt, low: float = 0.0, high: float = 1.0, confidence:
     x = np.asarray(per_prompt, dtype=np.float64)
     if not high > low:
         raise ValueError(f"a range needs low < high, got [{low}, {high}]")
-    if x.size and (x.min() < low - 1e-9 or x.max() > high + 1e-9):
+    slack = 1e-6 * (high - low)  # float rounding (a cosine of 1 + 1e-7) is clipped, anything more refused
+    if x.size and (x.min() < low - slack or x.max() > high + slack):
         raise ValueError(f"values outside their range [{low}, {high}]: {x.min():.6g} .. {x.max():.6g}")
+    x = np.clip(x, low, high)
     out = mean_ci(x, confidence)
     p, num = x.shape[0], x.shape[0]
     if p > 1:
@@ -98,6 +101,19 @@ def paired_difference_ci(a, b, low: float = 0.0, high: float = 1.0, confidence: 
         eb_lo, eb_hi = cb["mean"] - cb["ci_low"], cb["ci_high"] - cb["mean"]
         out["ci_low"] = d - np.sqrt(np.maximum(ea_lo**2 - 2 * r * ea_lo * eb_hi + eb_hi**2, 0.0))
         out["ci_high"] = d + np.sqrt(np.maximum(ea_hi**2 - 2 * r * ea_hi * eb_lo + eb_lo**2, 0.0))
+    return out
+
+
+def positive_mean_ci(per_prompt, confidence: float = 0.95) -> dict:
+    """Mean over prompts of a quantity that is positive in truth (a KL) though its per-prompt estimates need not be,
+    with the normal interval on the log scale (delta method): mean * exp(+- z SE / mean), inside (0, inf); the
+    normal interval where the mean is not positive."""
+    out = mean_ci(per_prompt, confidence)
+    m, se = np.asarray(out["mean"]), np.asarray(out["se"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.exp(_z(confidence) * se / m)
+    out["ci_low"] = np.where(m > 0, m / f, out["ci_low"])
+    out["ci_high"] = np.where(m > 0, m * f, out["ci_high"])
     return out
 
 
@@ -144,18 +160,16 @@ def seed_draws(num_seeds: int, resamples: int, rng) -> np.ndarray:
 def seed_resample(per_seed, draws) -> np.ndarray:
     """The two-stage bootstrap of a mean over seeds: per_seed (S, B, ...) holds each seed's statistic under
     prompt resample b (the same prompt resamples for every seed and model); draws (B, S) from seed_draws. Row b of
-    the result averages the seeds drawn for b at prompt resample b, after widening each seed's deviation from the
-    mean of the seeds by sqrt(S / (S - 1)): resampling S values with replacement shrinks their variance by
-    (S - 1) / S, which this undoes (with one seed the statistic is returned as it is: the trained model fixed)."""
+    the result averages the seeds drawn for b at prompt resample b, so it lies inside the statistic's range. With
+    one seed the statistic is returned as it is (the trained model fixed). Resampling S seeds with replacement
+    shrinks their variance by (S - 1) / S, and a percentile interval from a handful of seeds cannot have a
+    t-quantile's width: with three seeds the seed part is approximate, which is why seed_parts reports it
+    separately."""
     x = np.asarray(per_seed, dtype=np.float64)
-    s = x.shape[0]
-    if s == 1:
+    if x.shape[0] == 1:
         return x[0]
-    centre = x.mean(axis=0, keepdims=True)
-    with np.errstate(invalid="ignore"):  # inf - inf for 'never reached' effective N
-        widened = np.where(np.isfinite(x), centre + math.sqrt(s / (s - 1)) * (x - centre), x)
     b = np.arange(x.shape[1])[:, None]
-    return widened[draws, b].mean(axis=1)
+    return x[draws, b].mean(axis=1)
 
 
 def seed_parts(point_per_seed, boot_per_seed) -> dict:

@@ -72,6 +72,21 @@ def point_label(method: str, weights) -> str:
     return f"{method}-w" + "-".join(f"{w:g}" for w in shown)
 
 
+def parse_seeds(text) -> list[int] | None:
+    """'0,1,2' -> [0, 1, 2]: the training seeds of every point, for intervals over seeds as well as prompts."""
+    if text is None:
+        return None
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        seeds = list(dict.fromkeys(int(t) for t in items))
+    except ValueError:
+        raise ValueError(f"--seeds: {text!r} is not a list of whole numbers, e.g. 0,1,2") from None
+    if len(seeds) < 2:
+        raise ValueError(f"--seeds {text!r}: a seed-level interval needs two or more seeds, e.g. 0,1,2; leave "
+                         "--seeds out for one run per point (the config's seed)")
+    return seeds
+
+
 def parse_methods(text) -> list[str]:
     names = list(dict.fromkeys(t.strip().lower() for t in str(text).split(",") if t.strip()))
     if not names:
@@ -84,25 +99,30 @@ def parse_methods(text) -> list[str]:
 
 @dataclass
 class Point:
-    label: str
+    label: str  # 'iama-w0.3', or 'iama-w0.3@1' for seed 1 of a sweep over seeds
     method: str
     weights: tuple
     args: list  # `iama train` arguments
     cfg: object  # its TrainConfig
+    seed: int | None = None  # None: the config's seed, one run per point
 
 
-def plan_points(config, overrides, weights, methods, runs: Path) -> list[Point]:
-    """Every (weight, method) in that order (each weight's runs together), its config validated."""
+def plan_points(config, overrides, weights, methods, runs: Path, seeds=None) -> list[Point]:
+    """Every (weight, method[, seed]) in that order (each weight's runs together), its config validated. With
+    seeds, point (w, method) is trained once per seed, in runs/METHOD-wW-sSEED."""
     from .config import grpo_overrides, load_config
 
     base = load_config(config, overrides)
     points = []
     for w in weights:
         for method in methods:
-            label = point_label(method, w)
-            args = [str(config), *overrides, *(grpo_overrides(base) if method == "grpo" else []),
-                    *[f"criteria.{i}.weight={v!r}" for i, v in enumerate(w)], f"output_dir={runs / label}"]
-            points.append(Point(label, method, w, args, load_config(args[0], args[1:])))
+            for seed in seeds or [None]:
+                name = point_label(method, w)
+                label, folder = (name, name) if seed is None else (f"{name}@{seed}", f"{name}-s{seed}")
+                args = [str(config), *overrides, *(grpo_overrides(base) if method == "grpo" else []),
+                        *[f"criteria.{i}.weight={v!r}" for i, v in enumerate(w)],
+                        *([f"seed={seed}"] if seed is not None else []), f"output_dir={runs / folder}"]
+                points.append(Point(label, method, w, args, load_config(args[0], args[1:]), seed))
     return points
 
 
@@ -131,10 +151,14 @@ def merge_with_saved(path: Path, base, settings: dict, weights, methods):
 
 def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, out="results/sweep", model=None,
               steps=None, eval_prompts: int = 64, m: int = 16, bootstrap: int = 1000, progress: bool = True,
-              command: str | None = None) -> dict:
+              command: str | None = None, seeds=None, primary_n: int | None = None,
+              eval_offset: int | None = None) -> dict:
     """Train what is missing, evaluate every point and the untrained model, write the report; returns it.
     Everything that can be checked is checked before anything is trained or written. In an `out` that holds a
-    sweep of the same config, `weights` and `methods` (default: the sweep's own) add to the sweep's."""
+    sweep of the same config, `weights` and `methods` (default: the sweep's own) add to the sweep's.
+    seeds: e.g. '0,1,2', every point trained once per seed, and intervals over seeds and prompts. primary_n: the
+    budget of the primary contrast, declared before the run (default: the criteria's largest configured N).
+    eval_offset: the first held-out prompt (default: after the config's max_prompts)."""
     import torch
 
     from .config import load_config, to_dict
@@ -161,13 +185,22 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
         raise ValueError(f"--bootstrap must be at least 1, got {bootstrap}")
     if eval_prompts < 1:
         raise ValueError(f"--eval-prompts must be at least 1, got {eval_prompts}")
+    seeds = parse_seeds(seeds)
+    check_primary(primary_n, m)
+    trained_on = base.max_prompts or 0
+    if eval_offset is not None and eval_offset < trained_on:
+        raise ValueError(f"--eval-offset {eval_offset} would evaluate on prompts the runs trained on (the first "
+                         f"{trained_on}); use --eval-offset >= {trained_on}")
+    offset = trained_on if eval_offset is None else eval_offset
     collect_prompts(source=base.prompts, column=base.prompt_column, split=base.prompt_split, limit=eval_prompts,
-                    offset=base.max_prompts or 0)  # held out: the prompts after those trained on
+                    offset=offset)  # held out: the prompts after those trained on
     base.output_dir = str(out / "runs")
-    settings = {"eval_prompts": eval_prompts, "m": m}
+    settings = {"eval_prompts": eval_prompts, "m": m,  # what a protocol fixes: a change is another sweep
+                **({"seeds": seeds} if seeds else {}), **({"primary_n": primary_n} if primary_n else {}),
+                **({"eval_offset": eval_offset} if eval_offset is not None else {})}
     weights, methods = merge_with_saved(out / "sweep.yaml", base, settings, weights, methods)
     weights, methods = weights or default_weights(k), methods or list(METHODS)
-    points = plan_points(config, overrides, weights, methods, out / "runs")
+    points = plan_points(config, overrides, weights, methods, out / "runs", seeds)
     done = {p.label: completed(p.cfg) for p in points}  # a run folder of other settings stops here
     record = {**to_dict(base), "sweep": {"weights": [list(w) for w in weights], "methods": methods, **settings}}
     atomic_write_text(out / "sweep.yaml", yaml.safe_dump(record, sort_keys=False))
@@ -185,21 +218,29 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     evaluation = evaluate([f"untrained={base.model}", *[f"{p.label}={p.cfg.output_dir}" for p in points]],
                           config=base, reference="untrained", prompts=base.prompts,
                           prompt_column=base.prompt_column, prompt_split=base.prompt_split, limit=eval_prompts,
-                          offset=base.max_prompts or 0, m=m, out=out / "eval", bootstrap=bootstrap,
+                          offset=offset, m=m, out=out / "eval", bootstrap=bootstrap,
                           progress=progress, kl=True, command=command)
-    report = analyse(out, base, points, evaluation, bootstrap=bootstrap, command=command, config=config)
+    report = analyse(out, base, points, evaluation, bootstrap=bootstrap, command=command, config=config,
+                     primary_n=primary_n, offset=offset)
     write_sweep_report(report, out)
     for n, entry in report["fronts"].items():
         d = entry["difference"]
         if d:
             print(f"N = {n}: hypervolume {d['minuend']} - {d['subtrahend']} = {d['mean']:.4g} "
-                  f"[{d['ci_low']:.4g}, {d['ci_high']:.4g}]")
+                  f"[{d['ci_low']:.4g}, {d['ci_high']:.4g}]" + (" (primary)" if n == str(report["primary"]["n"])
+                                                                 else ""))
     print(f"report: {out / 'report.md'}")
     return report
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the analysis, from the evaluation's pools
+
+
+def check_primary(primary_n, m: int) -> None:
+    if primary_n is not None and not 1 <= primary_n <= m:
+        raise ValueError(f"--primary-n {primary_n}: the primary contrast's budget must be between 1 and "
+                         f"M = {m} (the evaluation's samples per prompt)")
 
 
 def _values_at(pool, criterion, n: int) -> np.ndarray:
@@ -213,12 +254,20 @@ def _values_at(pool, criterion, n: int) -> np.ndarray:
 
 
 def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap: int = 1000,
-            confidence: float = 0.95, command=None, config=None) -> dict:
+            confidence: float = 0.95, command=None, config=None, primary_n: int | None = None,
+            offset: int | None = None) -> dict:
+    """The sweep's report from the evaluation's pools. It leads with the primary contrast (IAMA - GRPO
+    hypervolume at primary_n, default the criteria's largest configured N) and the turning contrast
+    diff(N_max) - diff(1), both at the nominal level; the other budgets are secondary, with Bonferroni-adjusted
+    intervals. Every hypervolume difference is also given above two other reference points (the trained points'
+    nadir at that N, the criteria's floors where known), so that a reader sees whether its sign depends on the
+    reference. With seeds, a method's quantity is the mean over its seeds and every interval resamples seeds and
+    prompts (stats.seed_resample), with the same seed draws at every N."""
     from .decode import read_pool
-    from .evaluate import Pool, align_pools, paired_difference
+    from .evaluate import Pool, align_pools, criterion_bounds, objective_bounds, paired_difference
     from .fronts import bootstrap_fronts, pearson_bootstrap
     from .objective import Criterion, Objective
-    from .stats import bootstrap_weights, percentile_ci
+    from .stats import bootstrap_weights, percentile_ci, seed_draws, seed_resample, value_ci
     from .utils import json_safe, machine_info, safe_name
 
     criteria = base.criteria
@@ -234,33 +283,62 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
         reference = {"values": [float(v) for v in base.sweep_reference], "from": "sweep_reference in the config"}
     else:
         reference = {"values": untrained.mean(axis=(0, 1)).tolist(), "from": "the untrained model at N = 1"}
-    groups = {method: [p.label for p in points if p.method == method] for method in dict.fromkeys(
-        p.method for p in points)}
+    binary = {c.name: all(np.isin(p.rewards[:, :, i], (0.0, 1.0)).all() for p in pools.values())
+              for i, c in enumerate(criteria)}
+    bounds = [criterion_bounds(c, binary[c.name]) for c in criteria]
+    floor = None if any(b is None for b in bounds) else [b[0] for b in bounds]
+    seeds = sorted({p.seed for p in points if p.seed is not None})
+    methods = list(dict.fromkeys(p.method for p in points))
+    # {method: [labels]} for one run per point, {method: [[labels of seed s] for s in seeds]} with seeds
+    groups = {method: ([[p.label for p in points if p.method == method and p.seed == s] for s in seeds] if seeds
+                       else [p.label for p in points if p.method == method]) for method in methods}
+    boot = bootstrap_weights(num_prompts, bootstrap, 0)
+    draws = {method: seed_draws(len(seeds), bootstrap, [1, i]) for i, method in enumerate(methods)} if seeds else {}
+    primary = primary_n or max(c.algorithm.n or 1 for c in criteria)
+    panel = sorted({n for n in (*PANEL_NS, primary) if n <= m})
 
-    fronts = {}
-    for n in [n for n in PANEL_NS if n <= m]:
+    fronts, samples = {}, {}
+    for n in panel:
         values = {k: np.stack([_values_at(pool, c, n) for c in criteria], axis=1) for k, pool in pools.items()}
-        fronts[str(n)] = bootstrap_fronts(values, groups, reference["values"], resamples=bootstrap,
-                                          confidence=confidence)
+        trained = np.array([values[p.label].mean(0) for p in points])
+        others = {"nadir": trained.min(axis=0).tolist(), **({"floor": floor} if floor else {})}
+        entry = bootstrap_fronts(values, groups, reference["values"], confidence=confidence, boot=boot,
+                                 draws=draws, bounds=bounds, references=others)
+        samples[n] = entry.pop("samples")
+        fronts[str(n)] = entry
+    contrasts = _contrasts(fronts, samples, primary, panel, confidence) if {"iama", "grpo"} <= set(methods) else None
 
     # the weighted objective of each weight, every criterion at its configured algorithm, paired across methods
-    boot = bootstrap_weights(num_prompts, bootstrap, 0)
     at_configured = {k: np.stack([_values_at(pool, c, c.algorithm.n or 1) for c in criteria], axis=1)
                      for k, pool in pools.items()}
     per_weight = []
     for w in dict.fromkeys(p.weights for p in points):
         objective = Objective([Criterion(c.name, c.algorithm, v) for c, v in zip(criteria, w)],
                               aggregator=base.aggregator, gamma=base.gamma)
+        obj_bounds = objective_bounds(objective, bounds)
         entry = {"weights": list(w), "values": {}, "difference": None}
-        for method in ["untrained", *groups]:
-            k = "untrained" if method == "untrained" else point_label(method, w)
-            if k in at_configured:
-                lo, hi = percentile_ci(objective.aggregate(boot @ at_configured[k]), confidence)
-                entry["values"][method] = {"mean": float(objective.aggregate(at_configured[k].mean(0))),
-                                           "ci_low": float(lo), "ci_high": float(hi)}
-        a, b = point_label("iama", w), point_label("grpo", w)
-        if a in at_configured and b in at_configured:
-            entry["difference"] = paired_difference(at_configured[a], at_configured[b], objective, boot, confidence)
+        runs = {"untrained": ["untrained"], **{method: [p.label for p in points if p.method == method and
+                                                         p.weights == w] for method in methods}}
+        per_boot = {}
+        for method, members in runs.items():
+            point = float(np.mean([objective.aggregate(at_configured[k].mean(0)) for k in members]))
+            per_seed = np.stack([objective.aggregate(boot @ at_configured[k]) for k in members])  # (S, B)
+            per_boot[method] = seed_resample(per_seed, draws[method]) if len(members) > 1 else per_seed[0]
+            if len(members) > 1 or objective.aggregator != "sum":
+                lo, hi = percentile_ci(per_boot[method], confidence)
+            else:
+                ci = value_ci(at_configured[members[0]] @ objective.weights, obj_bounds, confidence)
+                lo, hi = ci["ci_low"], ci["ci_high"]
+            entry["values"][method] = {"mean": point, "ci_low": float(lo), "ci_high": float(hi)}
+        if {"iama", "grpo"} <= set(methods):
+            a, b = runs["iama"], runs["grpo"]
+            if len(a) == 1 and len(b) == 1:
+                entry["difference"] = paired_difference(at_configured[a[0]], at_configured[b[0]], objective, boot,
+                                                        confidence, obj_bounds)
+            else:
+                lo, hi = percentile_ci(per_boot["iama"] - per_boot["grpo"], confidence)
+                entry["difference"] = {"mean": entry["values"]["iama"]["mean"] - entry["values"]["grpo"]["mean"],
+                                       "ci_low": float(lo), "ci_high": float(hi)}
         per_weight.append(entry)
 
     correlation = [{"criteria": [names[i], names[j]],
@@ -272,22 +350,77 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
         "command": command,
         "config": _shown(config),
         "criteria": [{"name": c.name, "reward": c.reward, "algorithm": c.algorithm.spec, "weight": c.weight,
-                      "family": alg.family, "n": alg.n} for c, alg in zip(criteria, configured)],
+                      "family": alg.family, "n": alg.n, "range": None if b is None else list(b)}
+                     for c, alg, b in zip(criteria, configured, bounds)],
         "aggregator": base.aggregator,
         "methods": {"iama": "the config as written", "grpo": "sampling for every criterion, group_mean baseline"},
-        "points": {p.label: {"method": p.method, "weights": list(p.weights), "run": f"runs/{p.label}",
-                             "max_steps": p.cfg.max_steps} for p in points},
+        "seeds": seeds or None,
+        "points": {p.label: {"method": p.method, "weights": list(p.weights), "seed": p.seed,
+                             "run": f"runs/{Path(p.cfg.output_dir).name}", "max_steps": p.cfg.max_steps}
+                   for p in points},
         "evaluation": {"report": "eval/report.md", "num_prompts": num_prompts, "m": m,
-                       "offset": base.max_prompts or 0},
+                       "offset": (base.max_prompts or 0) if offset is None else offset,
+                       "trained_on": base.max_prompts or 0},
         "confidence": confidence,
         "bootstrap": bootstrap,
+        "ci_method": {
+            "values": "Wilson score interval at the effective sample size on the criterion's range where known "
+                      "(stats.bounded_mean_ci), else normal",
+            "hypervolume": f"percentile bootstrap over prompts, {bootstrap} resamples, the same for every model "
+                           "(differences paired)" + ("; seeds resampled first, the same draws at every N"
+                                                     if seeds else ""),
+            "secondary": "Bonferroni: each secondary budget's interval at level 1 - (1 - confidence) / k, k the "
+                         "number of secondary budgets",
+            "trained_model": ("intervals over seeds and prompts (two-stage bootstrap)" if seeds else
+                              "one training run per point: the intervals hold the trained models fixed")},
         "reference_point": reference,
+        "primary": contrasts,
         "fronts": fronts,
         "objective": {"algorithms": {c.name: c.algorithm.spec for c in criteria}, "per_weight": per_weight},
-        "kl": evaluation.get("kl"),
+        "kl": _kl_table(evaluation.get("kl"), pools, points, base),
         "correlation": correlation,
         "machine": machine_info(),
     })
+
+
+def _contrasts(fronts, samples, primary, panel, confidence) -> dict:
+    """The primary contrast (the hypervolume difference IAMA - GRPO at N = primary), the turning contrast
+    diff(N_max) - diff(1) (the fronts' order changes with the budget: one paired interval, the same prompt
+    resamples and seed draws at both budgets) and the secondary budgets with Bonferroni-adjusted intervals."""
+    from .stats import percentile_ci
+
+    def diff(n):
+        return samples[n]["iama"] - samples[n]["grpo"]
+
+    out = {"n": primary, "contrast": "hypervolume iama - grpo", **fronts[str(primary)]["difference"]}
+    high, low = max(panel), min(panel)
+    if high != low:
+        lo, hi = percentile_ci(diff(high) - diff(low), confidence)
+        mean = fronts[str(high)]["difference"]["mean"] - fronts[str(low)]["difference"]["mean"]
+        out["turning"] = {"n_high": high, "n_low": low, "mean": mean, "ci_low": float(lo), "ci_high": float(hi)}
+    secondary = [n for n in panel if n != primary]
+    level = 1 - (1 - confidence) / max(len(secondary), 1)
+    out["secondary"] = {"confidence": level, "adjustment": "Bonferroni", "n": secondary}
+    for n in secondary:
+        lo, hi = percentile_ci(diff(n), level)
+        fronts[str(n)]["difference"]["adjusted"] = {"confidence": level, "ci_low": float(lo), "ci_high": float(hi)}
+    return out
+
+
+def _kl_table(kl, pools, points, base) -> dict | None:
+    """Each point's KL to the untrained model from its pool, per completion and per token (the controller's
+    unit: TRL's KL is a mean over tokens), flagged where it is off the config's target_kl by more than 25%."""
+    if not kl:
+        return kl
+    target = {p.label: p.cfg.target_kl for p in points}
+    for label, e in (kl.get("models") or {}).items():
+        tokens = pools[label].num_tokens
+        per_token = e["mean"] / float(np.mean(tokens)) if tokens is not None and np.mean(tokens) > 0 else None
+        e["per_token"] = per_token
+        e["target_kl"] = target.get(label)
+        e["off_target"] = (None if per_token is None or not target.get(label)
+                           else bool(abs(per_token / target[label] - 1) > 0.25))
+    return kl
 
 
 def _shown(path) -> str:
@@ -298,6 +431,12 @@ def _shown(path) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # the report
+
+
+def _seed_parts(e) -> str:
+    if e.get("se_between") is None:
+        return ""
+    return f" (SE within seeds {e['se_within']:.3g}, between seeds {e['se_between']:.3g})"
 
 
 def _ci(e, digits=4) -> str:
@@ -316,7 +455,8 @@ def _markdown(r: dict) -> str:
     methods = list(dict.fromkeys(p["method"] for p in r["points"].values()))
     ref, ev = r["reference_point"], r["evaluation"]
     steps = ", ".join(map(str, sorted({p["max_steps"] for p in r["points"].values()})))
-    held_out = (f"held out (after the {ev['offset']} trained on)" if ev["offset"]
+    held_out = (f"held out (from prompt {ev['offset']} on; the runs trained on the first "
+                f"{ev.get('trained_on', ev['offset'])})" if ev["offset"]
                 else "(not held out: the config trains on all prompts)")
     families = ", ".join(f"{c['name']}: {c['family']}" for c in r["criteria"])
     reference = ", ".join(f"{v:.4g}" for v in ref["values"])
@@ -331,6 +471,25 @@ def _markdown(r: dict) -> str:
             _table(["criterion", "reward", "algorithm"],
                    [[c["name"], f"`{c['reward']}`", c["algorithm"]] for c in r["criteria"]]), ""]
 
+    p = r.get("primary")
+    if p:
+        seeds = r.get("seeds")
+        over = (f"over {len(seeds)} seeds ({', '.join(map(str, seeds))}) and prompts" if seeds else
+                "over prompts; one training run per point, so the intervals hold the trained models fixed")
+        out += ["## Primary contrast", "",
+                f"Declared before the run: the hypervolume difference IAMA − GRPO at N = {p['n']}, {conf}% "
+                f"interval {over}.", "",
+                f"- **N = {p['n']}: {_ci(p)}**" + _seed_parts(p)]
+        t = p.get("turning")
+        if t:
+            out.append(f"- The turning contrast, diff(N = {t['n_high']}) − diff(N = {t['n_low']}) (do the fronts "
+                       f"change order with the budget?): {_ci(t)}, paired in prompts" + (" and seeds" if seeds else ""))
+        sec = p["secondary"]
+        if sec["n"]:
+            out.append(f"- Secondary budgets (N = {', '.join(map(str, sec['n']))}): {sec['adjustment']}-adjusted "
+                       f"{100 * sec['confidence']:.4g}% intervals in the hypervolume table below.")
+        out.append("")
+
     out += ["## How much the criteria conflict", "",
             f"Pearson correlation of the rewards over the untrained model's samples, {conf}% bootstrap interval "
             "over prompts (negative: the criteria conflict):", ""]
@@ -339,11 +498,26 @@ def _markdown(r: dict) -> str:
     out += ["", "## Hypervolume", "",
             f"Each criterion under its configured family at N ({families}); the hypervolume of each method's points "
             f"above the reference point ({reference}, {ref['from']}). {conf}% percentile bootstrap over prompts, the "
-            "same resamples for every model (the difference is paired).", ""]
-    rows = [[n, *[_ci(e["methods"][k]["hypervolume"]) for k in methods], _ci(e["difference"]),
-             "; ".join(f"{k}: {', '.join(e['methods'][k]['front'])}" for k in methods)]
-            for n, e in r["fronts"].items()]
-    out += [_table(["N", *methods, "iama − grpo", "fronts"], rows), ""]
+            "same resamples for every model (the difference is paired)"
+            + ("; with seeds, a method's hypervolume is the mean of its seeds' fronts'." if r.get("seeds") else ".")
+            + " The adjusted column widens the secondary budgets' intervals for multiplicity.", ""]
+    rows = []
+    for n, e in r["fronts"].items():
+        adj = (e["difference"] or {}).get("adjusted")
+        rows.append([n + (" (primary)" if p and n == str(p["n"]) else ""),
+                     *[_ci(e["methods"][k]["hypervolume"]) for k in methods], _ci(e["difference"]),
+                     f"[{adj['ci_low']:.4g}, {adj['ci_high']:.4g}]" if adj else "–",
+                     "; ".join(f"{k}: {', '.join(e['methods'][k]['front'])}" for k in methods)])
+    out += [_table(["N", *methods, "iama − grpo", "adjusted", "fronts"], rows), ""]
+    others = sorted({name for e in r["fronts"].values() for name in e.get("by_reference") or {}})
+    if others:
+        described = {"nadir": "the trained points' nadir at that N (the worst value of each criterion over all "
+                              "trained points)", "floor": "the criteria's floors (their rewards' lowest values)"}
+        out += ["Does the sign depend on the reference point? IAMA − GRPO above other references, "
+                f"{conf}% intervals: " + "; ".join(f"{k}: {described.get(k, k)}" for k in others) + ".", ""]
+        out += [_table(["N", f"untrained N = 1 (default)", *others],
+                       [[n, _ci(e["difference"]), *[_ci(e["by_reference"].get(k)) for k in others]]
+                        for n, e in r["fronts"].items()]), ""]
 
     out += ["## Objective per weight", "",
             f"The weighted objective at the configured algorithms ({algorithms}, aggregator {r['aggregator']}), "
@@ -355,6 +529,11 @@ def _markdown(r: dict) -> str:
 
     kl = r.get("kl") or {}
     note = f" ({kl['note']})" if kl.get("note") else ""
+    targets = {e.get("target_kl") for e in (kl.get("models") or {}).values()} - {None}
+    if targets:
+        off = [k for k, e in kl["models"].items() if e.get("off_target")]
+        note += (f"; per token against target_kl {', '.join(map(str, sorted(targets)))}: "
+                 + (f"**off target by more than 25%: {', '.join(off)}**" if off else "every point within 25%"))
     out += ["## Points", "",
             f"Mean values ({', '.join(names)}) at each N, * on its method's front; KL(point || untrained) in nats "
             f"per completion from the point's own pool{note}; intervals {conf}% (those of the values in "
@@ -367,8 +546,10 @@ def _markdown(r: dict) -> str:
             e = r["fronts"][n]
             front = any(label in v["front"] for v in e["methods"].values())
             cells.append("(" + ", ".join(f"{v:.3g}" for v in e["points"][label]["mean"]) + ")" + "*" * front)
-        rows.append([label, *cells, _ci((kl.get("models") or {}).get(label), 3)])
-    out += [_table(["point", *[f"N = {n}" for n in ns], "KL"], rows), ""]
+        e = (kl.get("models") or {}).get(label) or {}
+        per_token = "–" if e.get("per_token") is None else f"{e['per_token']:.3g}" + " (off)" * bool(e.get("off_target"))
+        rows.append([label, *cells, _ci(e or None, 3), per_token])
+    out += [_table(["point", *[f"N = {n}" for n in ns], "KL", "per token"], rows), ""]
     out += ["## Fronts", "", f"![fronts]({r['plots']['fronts']})", ""] if r.get("plots") else []
     return "\n".join(out).rstrip() + "\n"
 
