@@ -166,7 +166,7 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     from .demo import train_side_by_side
     from .evaluate import evaluate
     from .trainer import completed
-    from .utils import atomic_write_text
+    from .utils import atomic_write_text, safe_name
 
     out = Path(out)
     overrides = [*([f"model={model}"] if model else []), *([f"max_steps={steps}"] if steps else []), *overrides]
@@ -201,7 +201,9 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     weights, methods = merge_with_saved(out / "sweep.yaml", base, settings, weights, methods)
     weights, methods = weights or default_weights(k), methods or list(METHODS)
     points = plan_points(config, overrides, weights, methods, out / "runs", seeds)
-    done = {p.label: completed(p.cfg) for p in points}  # a run folder of other settings stops here
+    on_file = evaluated_points(out / "eval", [p.label for p in points], eval_prompts, m)
+    # a run folder of other settings stops here; a point evaluated already needs no weights
+    done = {p.label: True if p.label in on_file else completed(p.cfg) for p in points}
     record = {**to_dict(base), "sweep": {"weights": [list(w) for w in weights], "methods": methods, **settings}}
     atomic_write_text(out / "sweep.yaml", yaml.safe_dump(record, sort_keys=False))
 
@@ -215,11 +217,14 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
 
     print(f"== evaluating {len(points)} points and the untrained model on {eval_prompts} held-out prompts, "
           f"M = {m} samples each, then their KL to the untrained model ==", flush=True)
-    evaluation = evaluate([f"untrained={base.model}", *[f"{p.label}={p.cfg.output_dir}" for p in points]],
+    evaluation = evaluate([f"untrained={base.model}", *[f"{p.label}={p.cfg.output_dir}" for p in points
+                                                        if p.label not in on_file]],
+                          pools=[out / "eval" / "pools" / f"{safe_name(k)}.jsonl" for k in on_file],
                           config=base, reference="untrained", prompts=base.prompts,
                           prompt_column=base.prompt_column, prompt_split=base.prompt_split, limit=eval_prompts,
                           offset=offset, m=m, out=out / "eval", bootstrap=bootstrap,
                           progress=progress, kl=True, command=command)
+    kl_on_file(evaluation, out / "eval" / "kl.json", on_file)
     report = analyse(out, base, points, evaluation, bootstrap=bootstrap, command=command, config=config,
                      primary_n=primary_n, offset=offset)
     write_sweep_report(report, out)
@@ -235,6 +240,44 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
 
 # ---------------------------------------------------------------------------------------------------------------
 # the analysis, from the evaluation's pools
+
+
+def evaluated_points(folder: Path, labels, num_prompts: int, m: int) -> set[str]:
+    """The points whose evaluation is on file in `folder` (the sweep's eval/): a pool of `num_prompts` prompts
+    with M samples each, and their KL in kl.json. Their weights are no longer needed: a sweep resumed from its
+    pools and kl.json alone (e.g. committed, on another machine) trains and samples only the other points."""
+    import json
+
+    from .decode import read_pool
+    from .utils import safe_name
+
+    cache = folder / "kl.json"
+    kl = json.loads(cache.read_text()) if cache.is_file() else {}
+    out = set()
+    for label in labels:
+        path = folder / "pools" / f"{safe_name(label)}.jsonl"
+        if label not in kl or not path.is_file():
+            continue
+        records = [r for r in read_pool(path) if r.get("model") == label]
+        if len(records) == num_prompts and all(len(r["candidates"]) == m for r in records):
+            out.add(label)
+    return out
+
+
+def kl_on_file(evaluation: dict, cache: Path, labels) -> None:
+    """Add the KL of points evaluated in an earlier run (not sampled now) from the per-prompt values in kl.json."""
+    import json
+
+    from .stats import positive_mean_ci
+    from .utils import json_safe
+
+    kl = evaluation.get("kl")
+    if not labels or kl is None:
+        return
+    saved = json.loads(cache.read_text())
+    for label in labels:
+        kl["models"][label] = json_safe(positive_mean_ci(np.array(saved[label]["per_prompt"]),
+                                                         evaluation["confidence"]))
 
 
 def check_primary(primary_n, m: int) -> None:

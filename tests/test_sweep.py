@@ -203,3 +203,32 @@ def test_the_fronts_vote_on_the_pools_answers():
                           for d in itertools.combinations(range(6), n)]) for i in range(2)]
         np.testing.assert_allclose(_values_at(pool, Criterion("correct", f"maj:{n}"), n), brute)
     np.testing.assert_allclose(_values_at(pool, Criterion("style", "sampling"), 4), other.mean(1))
+
+
+@pytest.mark.slow
+def test_a_sweep_over_seeds_resumes_from_its_pools_alone(tmp_path, capsys, importable):
+    """With --seeds every point is trained once per seed and the report reads seeds and prompts; once a point's
+    pool and KL are on file its weights are not needed: with runs/ gone (a sweep continued elsewhere from its
+    committed evaluation) nothing is trained or sampled again and the report is the same."""
+    import shutil
+
+    out = tmp_path / "sweep"
+    args = [*sweep(out, "--seeds", "0,1")]
+    args[args.index("0.3,0.7")] = "0.5"
+    assert main(args) == 0
+    assert "4 points (iama, grpo at 1 weights), 0 finished, 4 to train" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["seeds"] == [0, 1] and set(report["points"]) == {"iama-w0.5@0", "iama-w0.5@1", "grpo-w0.5@0",
+                                                                    "grpo-w0.5@1"}
+    assert report["points"]["grpo-w0.5@1"]["run"] == "runs/grpo-w0.5-s1"
+    hv = report["fronts"]["4"]["methods"]["iama"]["hypervolume"]
+    assert hv["se_between"] is not None and hv["ci_low"] <= hv["mean"] <= hv["ci_high"]
+    assert report["primary"]["n"] == 4 and "turning" in report["primary"]
+    # the eval report groups the seeds into methods
+    assert set(json.loads((out / "eval" / "report.json").read_text())["methods"]["methods"]) >= {"iama-w0.5"}
+
+    shutil.rmtree(out / "runs")
+    assert main(args) == 0
+    assert "4 finished, 0 to train" in capsys.readouterr().out
+    again = json.loads((out / "report.json").read_text())
+    assert again["fronts"] == report["fronts"] and again["kl"] == report["kl"]
