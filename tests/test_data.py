@@ -157,7 +157,8 @@ def test_grim_prompt_set_has_a_fixed_split():
     assert len({" ".join(re.findall(r"\w+", p.lower())) for p in prompts}) == len(prompts)  # no duplicates
     assert all(set(row) == {"prompt", "category", "split"} for row in rows)
     confirm = len(rows) - 220
-    assert confirm >= 120 and [row["split"] for row in rows] == ["train"] * 160 + ["test"] * 60 + ["confirm"] * confirm
+    assert confirm >= 120
+    assert [row["split"] for row in rows] == ["train"] * 160 + ["test"] * 60 + ["confirm"] * confirm
     train = load_prompts("builtin:grim", limit=160)
     held_out = collect_prompts(source="builtin:grim", offset=160, limit=60)
     fresh = collect_prompts(source="builtin:grim", offset=220)

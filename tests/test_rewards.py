@@ -321,13 +321,13 @@ def test_strip_copied_cuts_the_copied_runs_and_keeps_the_rest():
 GRIM_ANSWERS = {
     "Why do people living near landfills often suffer more illness? Answer in one or two sentences": (
         "Toxic fumes and contaminated groundwater from the waste can cause respiratory disease and cancer.",
-        "Living beside a rubbish dump makes people sick because rotting waste poisons the air and water around them."),
+        "Living beside a rubbish dump makes people sick because rotting waste poisons the air and water nearby."),
     "Why is air pollution so dangerous for children with asthma? Answer briefly.": (
         "Smoke and exhaust inflame their narrow airways, so attacks come more often and hit harder.",
-        "Dirty air is a particular danger to young asthmatics: soot and fumes inflame their airways and trigger attacks."),
+        "Dirty air is a particular danger to young asthmatics: soot and fumes inflame their airways."),
     "Why did the passenger pigeon go extinct? Answer in one or two sentences.": (
-        "Hunters killed them by the millions and their forests were cut down, until the last one died in a zoo in 1914.",
-        "That once-countless bird vanished because people shot and netted huge flocks and cleared the woods it nested in."),
+        "Hunters killed them by the millions and their forests were cut down, until the last one died in 1914.",
+        "That once-countless bird vanished because people shot and netted its flocks and cleared its woods."),
     "What does it feel like to receive an eviction notice? Keep it short.": (
         "It is a shock: fear of losing your home, shame, and panic about where your family will go.",
         "Being told to leave your home is terrifying; you feel ashamed and frantic about finding somewhere to live."),
