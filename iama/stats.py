@@ -2,8 +2,9 @@
 
 - A mean over prompts of a quantity with a known range [low, high] (pass@k, maj@k, any value of a bounded reward,
   a win rate): `bounded_mean_ci`, the Wilson score interval with the effective sample size of the per-prompt
-  values. It stays inside the range and, unlike the normal (Wald) interval, keeps its coverage near the range's
-  ends (benchmarks/interval_coverage.py measures both).
+  values, never reaching less far towards an end than the all-at-the-end sample's. It stays inside the range and,
+  unlike the normal (Wald) interval, keeps its coverage near the range's ends (benchmarks/interval_coverage.py
+  measures both).
 - The paired difference of two such means (the same prompts): `paired_difference_ci`, MOVER (Newcombe's method
   for paired proportions, generalised by Zou & Donner): the two Wilson intervals recombined with the per-prompt
   correlation. It stays inside [low - high, high - low].
@@ -44,8 +45,16 @@ def _wilson(p, se, num, z):
     fractions (pass@1 of 16 samples), count as n Bernoulli trials of the same variance; for a 0/1 sample it is
     P - 1 (se uses ddof = 1), so the interval is Wilson's for P - 1 trials, a little wider than Wilson's own. At
     p = 0 or 1 the sample variance is 0 and says nothing: n = P there, so the interval reaches P / (P + z^2) from
-    the end (the Wilson interval of P successes in P) instead of collapsing. Inside the range, se = 0 (every prompt
-    the same fraction) gives a zero-width interval, as the normal one does."""
+    the end (the Wilson interval of P successes in P) instead of collapsing.
+
+    No interval reaches less far towards the far end than that: the lower limit is at most P / (P + z^2) and the
+    upper at least z^2 / (P + z^2). Every sample lies at or below the all-ones one, prompt by prompt, and this is
+    that one's lower limit: from P prompts, a share of about z^2 / P of prompts at the other end cannot be
+    excluded, however close to the end the observed values are. Without it, values just short of the end (maj@k
+    or win rates of 0.9999, a few pass@1 of 15/16) give a huge n and an interval that excludes the truth whenever
+    the sample happens to hold none of the rare hard prompts (benchmarks/interval_coverage.py). It leaves 0/1
+    samples alone (their limits are within those bounds). Inside the bounds, se = 0 (every prompt the same
+    fraction) gives a zero-width interval, as the normal one does."""
     p, se = np.broadcast_arrays(np.asarray(p, dtype=np.float64), np.asarray(se, dtype=np.float64))
     at_end = (p <= 0) | (p >= 1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -53,8 +62,11 @@ def _wilson(p, se, num, z):
         z2n = np.where(np.isinf(n), 0.0, z * z / n)
         centre = (p + z2n / 2) / (1 + z2n)
         half = np.sqrt(z2n * p * (1 - p) + z2n**2 / 4) / (1 + z2n)
-    # the limits bracket p exactly (at p = 1 rounding would put the upper one a hair below it)
-    return np.clip(np.minimum(centre - half, p), 0.0, 1.0), np.clip(np.maximum(centre + half, p), 0.0, 1.0)
+    reach = z * z / (num + z * z)  # the all-ones sample's distance from the end
+    # the limits reach at least that far towards the ends, and bracket p exactly (at p = 1 rounding would put the
+    # upper one a hair below it)
+    return (np.clip(np.minimum(np.minimum(centre - half, 1 - reach), p), 0.0, 1.0),
+            np.clip(np.maximum(np.maximum(centre + half, reach), p), 0.0, 1.0))
 
 
 def bounded_mean_ci(per_prompt, low: float = 0.0, high: float = 1.0, confidence: float = 0.95) -> dict:
@@ -161,10 +173,15 @@ def seed_resample(per_seed, draws) -> np.ndarray:
     """The two-stage bootstrap of a mean over seeds: per_seed (S, B, ...) holds each seed's statistic under
     prompt resample b (the same prompt resamples for every seed and model); draws (B, S) from seed_draws. Row b of
     the result averages the seeds drawn for b at prompt resample b, so it lies inside the statistic's range. With
-    one seed the statistic is returned as it is (the trained model fixed). Resampling S seeds with replacement
-    shrinks their variance by (S - 1) / S, and a percentile interval from a handful of seeds cannot have a
-    t-quantile's width: with three seeds the seed part is approximate, which is why seed_parts reports it
-    separately."""
+    one seed the statistic is returned as it is (the trained model fixed).
+
+    Two biases, in opposite directions. Resampling S seeds with replacement shrinks the seeds' own effects'
+    variance by (S - 1) / S, and a percentile interval from a handful of seeds cannot have a t-quantile's width:
+    with three seeds the seed part is approximate, which is why seed_parts reports it separately. And each seed's
+    own noise on each prompt (its samples, its interaction with the prompt) is counted by both stages, like the
+    pigeonhole bootstrap of a crossed design (Owen 2007): where that noise dominates the interval errs wide, where
+    the prompts' shared difficulty or the seeds' own effects dominate the excess is small (tests/test_stats.py
+    checks the bounds)."""
     x = np.asarray(per_seed, dtype=np.float64)
     if x.shape[0] == 1:
         return x[0]
