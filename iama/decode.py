@@ -423,14 +423,18 @@ def write_pool(path, records) -> Path:
 
 
 def read_pool(path) -> list[dict]:
-    """The records of a pool file, checked: prompt, model, and candidates with num_tokens and finite scores
-    for the same criteria everywhere. Raises ValueError naming the file and line."""
+    """The records of a pool file (JSONL, or gzipped JSONL named *.gz, as committed results keep them), checked:
+    prompt, model, and candidates with num_tokens and finite scores for the same criteria everywhere. Raises
+    ValueError naming the file and line."""
+    import gzip
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"pool {str(path)!r} not found")
     records, names = [], None
+    text = gzip.decompress(p.read_bytes()).decode("utf-8") if p.suffix == ".gz" else p.read_text(encoding="utf-8")
     # split on "\n" only: str.splitlines also breaks at U+2028, U+0085 ..., which JSON leaves unescaped in strings
-    for i, line in enumerate(p.read_text(encoding="utf-8").split("\n"), start=1):
+    for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"pool {p.name!r} line {i}"

@@ -42,6 +42,17 @@ def test_pass_at_m_of_57_of_60_stays_inside_0_1(tmp_path):
     assert saved["models"]["model"]["values"]["correct"]["bon"]["ci_high"][i] < 1
 
 
+def test_a_gzipped_pool_reads_as_the_plain_one(tmp_path):
+    import gzip
+
+    plain = _pool_file(tmp_path / "pool.jsonl", solved=40, prompts=50)
+    packed = tmp_path / "packed.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    a = evaluate(pools=[plain], out=tmp_path / "a", plots=False, bootstrap=50)
+    b = evaluate(pools=[packed], out=tmp_path / "b", plots=False, bootstrap=50)
+    assert a["models"] == b["models"]
+
+
 def _binary_pools(rng, labels, p, m, rates):
     return [Pool(k, [f"q{i}" for i in range(p)], (rng.random((p, m, 1)) < r).astype(float), None, ["ok"])
             for k, r in zip(labels, rates)]
