@@ -6,7 +6,8 @@ Sources for `load_prompts`:
     "builtin:NAME"      iama/prompts/NAME.jsonl: builtin:questions (299 questions asking for one or two sentences, for
                         the length task on a small model), builtin:tiny (64 prompts in tiny-gpt2's words),
                         builtin:grim (220 sombre questions, 160 train then 60 test), builtin:arith (300 arithmetic
-                        word problems with an integer `answer`, 240 train then 60 test; iama/prompts/arith.py)
+                        word problems with an integer `answer`, 240 train then 60 test; iama/prompts/arith.py),
+                        builtin:arith-hard (500 harder ones, 300 train then 200 test; iama/prompts/arith_hard.py)
     a .jsonl file       one JSON object per line; the prompt is in `column` (a line may also be a bare string)
     a .json file        a list of strings, or a list of objects with `column`
     a .csv file         with a header row naming `column`
