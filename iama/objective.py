@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from .algorithms import (Algorithm, MajorityVoteDense, Sampling, Tilted, answer_array, parse_algorithm,
-                         to_numpy)
+from .algorithms import Algorithm, MajorityVoteDense, Sampling, Tilted, answer_array, parse_algorithm, to_numpy
 from .transforms import parse_transform
 
 AGGREGATORS = ("sum", "min", "smoothmin")

@@ -170,3 +170,21 @@ def test_the_objective_refuses_what_would_silently_train_something_else():
     Objective([Criterion("c", "maj_dense:8"), Criterion("d", "bon:2")], scale_rewards="group")  # a trade-off: kept
     with pytest.raises(ValueError, match="criterion 'c': maj:8 has no 'plugin' estimator; use estimator 'unbiased'"):
         Objective([Criterion("c", "maj:8")], estimator="plugin")
+
+
+def test_evaluation_reports_maj_at_n_under_its_family():
+    """A maj_dense criterion is evaluated as what it trains for: its family's values are maj's, for every N <= M."""
+    from iama.algorithms import answer_array
+    from iama.evaluate import Pool, estimate
+
+    rng = np.random.default_rng(0)
+    keys = rng.choice(["7", "8", "9", None], size=(6, 5), p=[0.4, 0.3, 0.2, 0.1])
+    rewards = (keys == "7").astype(float)
+    answers = answer_array(keys.tolist(), keys.shape)
+    pools = [Pool(label, [f"q{i}" for i in range(6)], rewards[..., None], None, ["correct"],
+                  answers={"correct": answers}) for label in ("a", "b")]
+    report = estimate(pools, [Criterion("correct", "maj_dense:3", reward="answer")], bootstrap=0)
+    values = report["models"]["a"]["values"]["correct"]
+    assert values["maj_dense"]["mean"] == values["maj"]["mean"]
+    assert values["maj"]["mean"] == pytest.approx(MajorityVote(5).estimate_values(rewards, range(1, 6),
+                                                                                  answers=answers).mean(0).tolist())
