@@ -736,8 +736,102 @@ class MajorityVote(Algorithm):
         return out.reshape(r.shape[:-1]) if r.ndim > 1 else int(out[0])
 
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# a dense surrogate for majority voting: the vote counted as right against wrong
+
+
+def _vote_share(n):
+    """f(c), c = 0..n right votes of n, when every wrong vote goes to one answer: 1 above n/2, 1/2 at n/2 (a tie,
+    broken uniformly as MajorityVote breaks it), 0 below."""
+    c = np.arange(n + 1)
+    return np.where(2 * c > n, 1.0, np.where(2 * c == n, 0.5, 0.0))
+
+
+def _binomial_pmf(n, p):
+    """(..., n + 1): P(Binomial(n, p) = c) for c = 0..n, for p of any shape (0^0 = 1, so p = 0 and 1 work)."""
+    p = np.asarray(p, dtype=np.float64)[..., None]
+    c = np.arange(n + 1)
+    return np.array([math.comb(n, i) for i in range(n + 1)], dtype=np.float64) * p**c * (1 - p) ** (n - c)
+
+
+def threshold_vote_value(p, n):
+    """V_n(p) = P(Binomial(n, p) > n/2) + P(Binomial(n, p) = n/2) / 2: maj@n when the right answer has chance p
+    and every wrong sample gives the same wrong answer. For even n it equals V_{n-1} (a coin-flipped tie)."""
+    return _binomial_pmf(n, p) @ _vote_share(n)
+
+
+def threshold_vote_slope(p, n):
+    """dV_n/dp = n E[f(C + 1) - f(C)], C ~ Binomial(n - 1, p): n times the chance that one more right vote among
+    the other n - 1 changes the outcome. Positive on (0, 1), zero at 0 and 1 (for n > 2)."""
+    return n * (_binomial_pmf(n - 1, p) @ np.diff(_vote_share(n)))
+
+
+class MajorityVoteDense(MajorityVote):
+    """maj@N trained through a dense surrogate (Compute Aligned Training, arXiv 2604.24957): the vote counted as
+    right against wrong. With p the chance of a right answer, maj@N is replaced by V_N(p) (threshold_vote_value),
+    whose first variation is V_N'(p) r(y) plus a constant; from a group, p is the group's mean reward p̂, and
+    every sample gets the one factor w = V_N'(p̂) times its reward minus the others' mean:
+
+        s_j - b_j = w (r_j - mean of the others' rewards)       (baseline 'loo'; 'group_mean': w (r_j - p̂))
+
+    That is RLOO with a per-prompt weight: dense (every group with both right and wrong samples moves), where
+    maj:N's exact estimate is zero for every sample that cannot swing a vote. It is biased for maj@N twice: the
+    surrogate is maj@N only when all wrong samples agree (one wrong answer, no abstentions; more wrong answers
+    split the wrong vote and make the right answer win more often than V_N says), and w(p̂) is a plug-in, biased
+    for V_N'(p) at finite M. `iama lab voting` measures the first. Its value, first variation, value estimates
+    and selection are maj@N's (it serves the same objective: runs log and evaluate maj@N), only `estimate`
+    differs; `surrogate_value` and `surrogate_first_variation` are the surrogate's, exact.
+
+    The reward must be 0/1 correctness (estimate raises otherwise) that gives answers (for maj@N's value). Under
+    `scale_rewards: group` a criterion alone loses its per-prompt factor to the group's scale and trains exactly
+    as GRPO: the Objective refuses that. The group may be smaller than N (the factor is defined for any M)."""
+
+    name = "maj_dense"
+    estimators = ("dense",)
+    default_estimator = "dense"
+
+    def _check_binary(self, r):
+        bad = r[~np.isin(r, (0.0, 1.0))]
+        if bad.size:
+            raise ValueError(f"{self.spec} needs a 0/1 reward (1 for a right answer, else 0); got {bad.flat[0]:g}")
+
+    # the surrogate, exact on a finite response set -----------------------------------------------------------
+    def surrogate_value(self, probs, rewards) -> float:
+        """V_N(p), p = E_pi r."""
+        p, r = _check_distribution(probs, rewards)
+        self._check_binary(r)
+        return float(threshold_vote_value(p @ r, self.n))
+
+    def surrogate_first_variation(self, probs, rewards) -> np.ndarray:
+        """N E f(r(y) + C), C ~ Binomial(N - 1, p): the canonical form (MajorityVote.first_variation's), which is
+        V_N'(p) r(y) plus a constant."""
+        p, r = _check_distribution(probs, rewards)
+        self._check_binary(r)
+        base, w = self._parts(p @ r)
+        return base + w * r
+
+    def _parts(self, p):
+        """N E f(C) and V_N'(p), C ~ Binomial(N - 1, p): N E f(r + C) = N E f(C) + V_N'(p) r for r in {0, 1}."""
+        return self.n * (_binomial_pmf(self.n - 1, p) @ _vote_share(self.n)[:-1]), threshold_vote_slope(p, self.n)
+
+    # the dense estimate from groups ---------------------------------------------------------------------------
+    def estimate(self, group_rewards, estimator=None, *, answers, rng=None):
+        """s_j = N E f(r_j + C) and b_j = N E f(C) + w mean_{k != j} r_k, C ~ Binomial(N - 1, p̂), w = V_N'(p̂):
+        the surrogate's first variation at the group's p̂, and the baseline that leaves s_j - b_j = w (r_j -
+        the others' mean). Both depend on r_j through p̂; neither is an unbiased estimate."""
+        if (estimator or "dense") != "dense":
+            raise ValueError(f"unknown estimator {estimator!r} for {self}; choose one of {self.estimators}")
+        r, back = to_numpy(group_rewards)
+        answer_array(answers, r.shape)  # not used here, but checked as maj:N checks them
+        self._check_binary(r)
+        base, w = self._parts(r.mean(-1, keepdims=True))
+        return back(base + w * r), back(base + w * _loo_mean(r))
+
+
 # Every algorithm by its spec's name: training, evaluation and decoding all read specs through this table.
-ALGORITHMS = {cls.name: cls for cls in (Sampling, BestOfN, WorstOfN, SoftBestOfN, Tilted, MajorityVote)}
+ALGORITHMS = {cls.name: cls for cls in (Sampling, BestOfN, WorstOfN, SoftBestOfN, Tilted, MajorityVote,
+                                           MajorityVoteDense)}
 
 
 def _usage(cls) -> str:
@@ -745,8 +839,9 @@ def _usage(cls) -> str:
 
 
 def parse_algorithm(spec, n: int | None = None) -> Algorithm:
-    """'sampling', 'bon:4', 'won:4', 'soft_bon:4:0.1', 'tilted:0.1', 'maj:8' (or an Algorithm, returned as is). With n, spec
-    may also be a family, a spec without its N ('bon', 'soft_bon:0.1'), which then gets N = n."""
+    """'sampling', 'bon:4', 'won:4', 'soft_bon:4:0.1', 'tilted:0.1', 'maj:8', 'maj_dense:8' (or an Algorithm,
+    returned as is). With n, spec may also be a family, a spec without its N ('bon', 'soft_bon:0.1'), which then
+    gets N = n."""
     if isinstance(spec, Algorithm):
         return spec
     text = str(spec).strip().lower()

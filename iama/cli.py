@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_calibrate)
 
     p = sub.add_parser("lab", help="exact mirror descent on finite response sets: the figures that check the theory")
-    p.add_argument("experiment", choices=["toy", "convergence", "estimators", "gap", "beyond", "all"])
+    p.add_argument("experiment", choices=["toy", "convergence", "estimators", "gap", "beyond", "voting", "all"])
     p.add_argument("--out", default="results/lab")
     p.add_argument("--quick", action="store_true", help="fewer steps and samples (for tests)")
     p.set_defaults(run=_lab)

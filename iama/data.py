@@ -8,7 +8,8 @@ Sources for `load_prompts`:
                         builtin:grim (356 sombre questions in 17 categories: 160 train, 60 test, then 136
                         "confirm" from row 220 on, added later for a confirmatory evaluation; a row's `split` and
                         `category` fields say which), builtin:arith (300 arithmetic word problems with an integer
-                        `answer`, 240 train then 60 test; iama/prompts/arith.py)
+                        `answer`, 240 train then 60 test; iama/prompts/arith.py), builtin:arith-hard (500 harder
+                        ones, 300 train then 200 test; iama/prompts/arith_hard.py)
     a .jsonl file       one JSON object per line; the prompt is in `column` (a line may also be a bare string)
     a .json file        a list of strings, or a list of objects with `column`
     a .csv file         with a header row naming `column`

@@ -17,19 +17,23 @@ Four experiments, each writing NAME.png and NAME.json into an output directory:
                gradient under each baseline, against the group size M
   gap          descent on the IAMA objective beats descent on the mean reward, measured by the IAMA objective
   beyond       the plugin estimator's bias when N exceeds the group size M (N = 2M, 4M) on a few reward laws
+  voting       the dense surrogate for majority voting (maj_dense:N) against maj@N's exact first variation, on
+               answer laws with one right answer and 1, 2 or 5 wrong ones
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binom, multinomial
 from tqdm.auto import tqdm
 
-from .algorithms import BestOfN, Sampling, WorstOfN
+from .algorithms import BestOfN, MajorityVote, MajorityVoteDense, Sampling, WorstOfN, threshold_vote_slope
 from .objective import Criterion, Objective
 from .utils import atomic_write_json, save_figure
 
@@ -681,8 +685,117 @@ def run_beyond(out_dir, quick=False) -> dict:
     return _write(out_dir, "beyond", fig, result)
 
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. majority voting: the dense surrogate against the exact first variation
+
+
+def voting_laws(quick=False) -> dict:
+    """Answer laws {name: (chance of the right answer, shares of the wrong answers)}: the right answer at p, the
+    rest split among 1, 2 or 5 wrong answers, evenly or skewed (3:1; halving)."""
+    splits = {"1 wrong": [1.0], "2 wrong, even": [0.5, 0.5], "2 wrong, 3:1": [0.75, 0.25],
+              "5 wrong, even": [0.2] * 5, "5 wrong, halving": list(np.array([16, 8, 4, 2, 1]) / 31)}
+    ps = (0.3, 0.5) if quick else (0.15, 0.3, 0.5, 0.7)
+    return {f"p={p:g}, {name}": (p, shares) for p in ps for name, shares in splits.items()}
+
+
+def dense_factor_expectation(p, n, m) -> float:
+    """kappa with E[w(p̂) (r_j - mean of the others) | r_j] = const + kappa r_j, exactly over the other m - 1
+    samples' right count C ~ Binomial(m - 1, p), p̂ = (r_j + C) / m: the expected dense estimate (baseline 'loo',
+    unscaled) is kappa pi (r - p) in the gradient, against the population's V_n'(p) pi (r - p)."""
+    c = np.arange(m)
+    pmf = binom.pmf(c, m - 1, p)
+    right = pmf @ (threshold_vote_slope((1 + c) / m, n) * (1 - c / (m - 1)))
+    wrong = pmf @ (threshold_vote_slope(c / m, n) * (-c / (m - 1)))
+    return float(right - wrong)
+
+
+def silent_group_chance(probs, n, m) -> float:
+    """P(maj:n's exact leave-one-out advantages are all zero) for a group of m drawn from an answer law (response 0
+    right, the others distinct wrong answers), exactly: over every count vector with its multinomial chance."""
+    counts = _silent_counts(len(probs), n, m)
+    return float(multinomial.pmf(counts, m, probs).sum()) if len(counts) else 0.0
+
+
+@lru_cache(maxsize=None)
+def _silent_counts(k, n, m) -> np.ndarray:
+    """The count vectors (answer 0 right, k answers, m samples) on which maj:n's estimate is silent: which ones
+    does not depend on the law, so each is run through the estimator once."""
+    alg, silent = MajorityVote(n), []
+    for cut in combinations(range(m + k - 1), k - 1):  # stars and bars: counts of each answer, summing to m
+        counts = np.diff(np.r_[-1, cut, m + k - 1]) - 1
+        group = np.repeat(np.arange(k), counts)
+        s, b = alg.estimate((group == 0).astype(float), answers=[str(i) for i in group])
+        if np.abs(s - b).max() < 1e-9:
+            silent.append(counts)
+    return np.array(silent).reshape(-1, k)
+
+
+def run_voting(out_dir, quick=False) -> dict:
+    """How far is the dense surrogate (maj_dense:N) from maj@N? For each answer law, with a softmax policy over its
+    answers (one response per answer): the cosine between the surrogate's policy gradient V_N'(p) pi (r - p) and
+    maj@N's exact one, their length ratio, and the largest difference of their centred first variations on a
+    response relative to maj@N's largest; the length ratio of the expected dense estimate from a group of M = N;
+    and the chance that such a group gives maj:N's exact estimate no signal at all, against the surrogate's
+    (every sample right or every sample wrong). Over all the laws at once (one prompt each), the cosine of the
+    stacked gradients: how well the surrogate weights prompts against each other."""
+    t0 = time.time()
+    ns = (8,) if quick else (4, 8)
+    rows, stacked = [], {}
+    for n in ns:
+        g_all, s_all, e_all = [], [], []
+        for law, (p, shares) in voting_laws(quick).items():
+            probs = np.r_[p, (1 - p) * np.asarray(shares)]
+            rewards = np.r_[1.0, np.zeros(len(shares))]
+            answers = [str(i) for i in range(len(probs))]
+            fv = MajorityVote(n).first_variation(probs, rewards, answers=answers)
+            fs = MajorityVoteDense(n).surrogate_first_variation(probs, rewards)
+            g = probs * (fv - probs @ fv)  # exact grad_theta of maj@N for pi = softmax(theta)
+            gs = probs * (fs - probs @ fs)
+            ge = dense_factor_expectation(p, n, n) * probs * (rewards - p)
+            g_all.append(g), s_all.append(gs), e_all.append(ge)
+            centred, centred_s = fv - probs @ fv, fs - probs @ fs
+            rows.append({
+                "law": law, "p": p, "wrong_answers": len(shares), "N": n,
+                "maj_value": MajorityVote(n).value(probs, rewards, answers=answers),
+                "surrogate_value": MajorityVoteDense(n).surrogate_value(probs, rewards),
+                "gradient_cosine": float(gs @ g / (np.linalg.norm(gs) * np.linalg.norm(g))),
+                "gradient_length_ratio": float(np.linalg.norm(gs) / np.linalg.norm(g)),
+                "response_error": float(np.abs(centred_s - centred).max() / np.abs(centred).max()),
+                "estimate_length_ratio_at_M=N": float(np.linalg.norm(ge) / np.linalg.norm(g)),
+                "silent_group_chance_maj": silent_group_chance(probs, n, n),
+                "silent_group_chance_dense": float(p**n + (1 - p) ** n),
+            })
+        cos = lambda a, b: float(np.concatenate(a) @ np.concatenate(b) / (  # noqa: E731
+            np.linalg.norm(np.concatenate(a)) * np.linalg.norm(np.concatenate(b))))
+        stacked[str(n)] = {"surrogate": cos(s_all, g_all), "estimate_at_M=N": cos(e_all, g_all)}
+
+    fig, ax = _figure(1, 2, width=5.4, height=4.2)
+    n = ns[-1]
+    splits = list(dict.fromkeys(row["law"].split(", ", 1)[1] for row in rows))
+    for split, color in zip(splits, ["k", "tab:blue", "tab:cyan", "tab:red", "tab:orange"]):
+        pts = [row for row in rows if row["N"] == n and row["law"].endswith(split)]
+        ax[0].plot([row["p"] for row in pts], [row["gradient_cosine"] for row in pts], "o-", color=color, label=split)
+        ax[1].plot([row["p"] for row in pts], [row["gradient_length_ratio"] for row in pts], "o-", color=color,
+                   label=split)
+    ax[0].set(title=f"direction: cos(surrogate, maj@{n}) (softmax policy)", xlabel="p (right answer)",
+              ylabel="cosine")
+    ax[1].axhline(1, color="k", lw=0.8)
+    ax[1].set(title=f"length: |surrogate| / |maj@{n}|", xlabel="p (right answer)", ylabel="ratio", yscale="log")
+    ax[0].legend(fontsize=7)
+    fig.suptitle(f"The dense surrogate for maj@{n} (maj_dense:{n}) against its exact policy gradient, per answer law")
+    result = {"experiment": "voting", "quick": quick, "ns": list(ns),
+              "laws": {k: {"p": p, "wrong_shares": list(s)} for k, (p, s) in voting_laws(quick).items()},
+              "rows": rows, "stacked_cosine": stacked,
+              "notes": "With one wrong answer the surrogate is maj@N exactly (cosine and ratios 1). The length "
+                       "ratio is the surrogate's weight for the prompt relative to maj@N's: across prompts it "
+                       "decides where the update goes (stacked_cosine), unless scale_rewards: group divides it "
+                       "out. silent_group_chance: P(a group of M = N gives no gradient at all).",
+              "seconds": time.time() - t0}
+    return _write(out_dir, "voting", fig, result)
+
 EXPERIMENTS = {"toy": run_toy, "convergence": run_convergence, "estimators": run_estimators, "gap": run_gap,
-               "beyond": run_beyond}
+               "beyond": run_beyond, "voting": run_voting}
 
 
 def _summary(result) -> str:
@@ -702,13 +815,18 @@ def _summary(result) -> str:
         worst = min(result["rows"], key=lambda row: row["relative_value_bias"])
         text = (f"largest plugin value bias {worst['relative_value_bias']:+.2f} of the gain ({worst['law']}, "
                 f"M={worst['M']}, N={worst['N']})")
+    elif name == "voting":
+        worst = min(result["rows"], key=lambda row: row["gradient_cosine"])
+        n = str(result["ns"][-1])
+        text = (f"smallest cosine {worst['gradient_cosine']:.3f} ({worst['law']}, N={worst['N']}); over all laws "
+                f"at N={n}: {result['stacked_cosine'][n]['surrogate']:.3f}")
     else:
         text = f"IAMA objective gap {result['gap_exact']:.4f} (exact), {result['gap_estimated']:.4f} (estimated)"
     return f"{name}: {text} [{result['seconds']:.0f} s] -> {result['figure']}, {result['data']}"
 
 
 def run_lab(experiment: str, out_dir, quick: bool = False) -> dict:
-    """Run one experiment ('toy', 'convergence', 'estimators', 'gap') or 'all'; each writes NAME.png and NAME.json
+    """Run one experiment (a name in EXPERIMENTS) or 'all'; each writes NAME.png and NAME.json
     into out_dir. Returns the experiment's result dict ('all': {name: result})."""
     if experiment == "all":
         return {name: run_lab(name, out_dir, quick) for name in EXPERIMENTS}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from .algorithms import Algorithm, Sampling, Tilted, answer_array, parse_algorithm, to_numpy
+from .algorithms import Algorithm, MajorityVoteDense, Sampling, Tilted, answer_array, parse_algorithm, to_numpy
 from .transforms import parse_transform
 
 AGGREGATORS = ("sum", "min", "smoothmin")
@@ -133,6 +133,14 @@ class Objective:
         self.aggregator, self.gamma, self.estimator = aggregator, float(gamma), estimator
         self.baseline, self.scale_rewards = baseline, scale_rewards
         self.weights = np.array([c.weight for c in self.criteria], dtype=np.float64)
+        for c in self.criteria:
+            if self._estimator_for(c.algorithm) not in c.algorithm.estimators:  # maj:N has no plugin estimator
+                raise ValueError(f"criterion {c.name!r}: {c.algorithm.spec} has no {estimator!r} estimator; use "
+                                 f"estimator {c.algorithm.estimators[0]!r}")
+        dense = [c for c in self.criteria if isinstance(c.algorithm, MajorityVoteDense)]
+        if dense and len(self.criteria) == 1 and scale_rewards == "group":
+            raise ValueError(f"criterion {dense[0].name!r}: {dense[0].algorithm.spec}'s one factor per prompt cancels "
+                             "under scale_rewards 'group', which would train exactly as GRPO; use 'batch' or 'none'")
 
     @property
     def max_n(self) -> int:
@@ -168,6 +176,8 @@ class Objective:
     def _estimator_for(self, algorithm):
         if isinstance(algorithm, Tilted):
             return "plugin" if self.estimator == "plugin" else "loo"
+        if isinstance(algorithm, MajorityVoteDense):
+            return "dense"  # its only estimator, a plug-in, under either setting
         return self.estimator
 
     # ---- the estimates -----------------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iama.algorithms import (ALGORITHMS, BestOfN, MajorityVote, Sampling, SoftBestOfN, Tilted, WorstOfN, _generic_estimates,
-                             parse_algorithm)
+from iama.algorithms import (ALGORITHMS, BestOfN, MajorityVote, MajorityVoteDense, Sampling, SoftBestOfN, Tilted,
+                             WorstOfN, _generic_estimates, parse_algorithm)
 
 N_SAMPLE = [Sampling(), BestOfN(2), BestOfN(3), WorstOfN(2), WorstOfN(4), SoftBestOfN(3, 0.4), SoftBestOfN(2, 2.0)]
 ALL = N_SAMPLE + [Tilted(0.5), Tilted(3.0)]
-ANSWER_BASED = [MajorityVote(3)]  # select by answers too: pinned in tests/test_majority.py
+ANSWER_BASED = [MajorityVote(3), MajorityVoteDense(4)]  # by answers too: tests/test_majority*.py
 
 
 def problem(seed, k=4, ties=True):

@@ -343,3 +343,68 @@ def test_arith_answers_are_right():
     reward = build_reward("answer")
     assert reward(prompts=prompts[:20], completions=prompts.columns["answer"][:20],
                   answer=prompts.columns["answer"][:20]) == [1.0] * 20
+
+
+# ---- builtin:arith-hard --------------------------------------------------------------------------------------
+
+
+def test_arith_hard_prompt_set_is_what_its_generator_writes(tmp_path):
+    """builtin:arith-hard is iama/prompts/arith-hard.jsonl, which `python -m iama.prompts.arith_hard` rewrites from
+    a fixed seed: the first 300 rows train, the last 200 held out, every kind in both and in the first 40."""
+    from iama.decode import collect_prompts
+    from iama.prompts import arith, arith_hard
+
+    text = arith.render(arith_hard.generate())
+    assert builtin_path("arith-hard").read_text(encoding="utf-8") == text == arith.render(arith_hard.generate())
+    assert arith_hard.main(["--check"]) == 0
+    assert arith_hard.main(["--out", str(tmp_path / "h.jsonl")]) == 0
+    assert (tmp_path / "h.jsonl").read_bytes() == builtin_path("arith-hard").read_bytes()
+    (tmp_path / "h.jsonl").write_text(builtin_path("arith").read_text(encoding="utf-8"))
+    assert arith_hard.main(["--check", "--out", str(tmp_path / "h.jsonl")]) == 1
+    assert arith.main(["--check"]) == 0  # builtin:arith, which earlier results depend on, is unchanged
+
+    rows = [json.loads(line) for line in text.splitlines()]
+    prompts = load_prompts("builtin:arith-hard")
+    assert len(rows) == len(prompts) == 500 and prompts == [row["prompt"] for row in rows]
+    assert all(set(row) == {"prompt", "answer", "kind", "split"} for row in rows)
+    assert [row["split"] for row in rows] == ["train"] * 300 + ["test"] * 200
+    assert len(set(prompts)) == 500 and all(p.endswith(arith.INSTRUCTION) for p in prompts)
+    shared = set(prompts) & set(load_prompts("builtin:arith"))  # only products of two numbers up to 6
+    assert all(max(map(int, re.findall(r"\d+", p))) <= 6 and "*" in p for p in shared)
+    kinds = {row["kind"] for row in rows}
+    assert len(kinds) == 5 and {row["kind"] for row in rows[300:]} == {row["kind"] for row in rows[:40]} == kinds
+    for row in rows:  # repeating a number of the question is never right
+        assert row["answer"].isdigit() and row["answer"] not in re.findall(r"\d+", row["prompt"])
+    held_out = collect_prompts(source="builtin:arith-hard", offset=300, limit=200)
+    assert held_out == prompts[300:] and not set(held_out) & set(prompts[:300])
+
+
+def test_arith_hard_answers_are_right():
+    from iama.rewards import build_reward
+
+    prompts = load_prompts("builtin:arith-hard")
+    for prompt, answer, kind in zip(prompts, prompts.columns["answer"], prompts.columns["kind"]):
+        numbers = [int(n) for n in re.findall(r"\d+", prompt)]
+        if kind in ("mul_teen", "mul_big", "add3"):
+            expression = re.search(r"(\d+(?: [+*] \d+)+)[?.]", prompt).group(1)
+            assert int(answer) == eval(expression, {"__builtins__": {}}), prompt
+        elif kind == "word_sub":
+            assert "gives" in prompt and int(answer) == numbers[0] - numbers[1] > 0, prompt
+        else:
+            assert kind == "word_mul_teen" and int(answer) == numbers[0] * numbers[1], prompt
+    reward = build_reward("answer")
+    assert reward(prompts=prompts[:20], completions=[f"The answer is {a}." for a in prompts.columns["answer"][:20]],
+                  answer=prompts.columns["answer"][:20]) == [1.0] * 20
+
+
+def test_arith_hard_config_trains_on_the_training_split():
+    from pathlib import Path
+
+    from iama.config import load_config
+    from iama.data import require_column
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "arith-hard-grpo.yaml", check_model=False)
+    assert cfg.prompts == "builtin:arith-hard" and cfg.max_prompts == 300
+    prompts = load_prompts(cfg.prompts, limit=cfg.max_prompts)
+    require_column(prompts, "answer", cfg.prompts)
+    assert set(prompts.columns["split"]) == {"train"} and cfg.criteria[0].reward == "answer"

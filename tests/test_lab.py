@@ -163,7 +163,7 @@ def test_estimated_descent_approaches_the_exact_one():
     assert est.J[-1] <= exact.J[-1] + 1e-9
 
 
-@pytest.mark.parametrize("experiment", ["toy", "convergence", "estimators", "gap", "beyond"])
+@pytest.mark.parametrize("experiment", ["toy", "convergence", "estimators", "gap", "beyond", "voting"])
 def test_run_lab_quick_writes_a_png_and_json(experiment, tmp_path):
     result = run_lab(experiment, tmp_path, quick=True)
     png, data = tmp_path / f"{experiment}.png", tmp_path / f"{experiment}.json"
@@ -185,6 +185,13 @@ def test_run_lab_quick_writes_a_png_and_json(experiment, tmp_path):
         assert all(row["relative_value_bias"] < 0 for row in saved["rows"])
         assert [row["N_over_M"] for row in rows] == [1, 2, 4]
         assert rows[0]["relative_value_bias"] > rows[1]["relative_value_bias"] > rows[2]["relative_value_bias"]
+    if experiment == "voting":  # exact with one wrong answer; maj:8's estimate is silent more often than dense's
+        for row in saved["rows"]:
+            one = row["wrong_answers"] == 1
+            assert (abs(row["gradient_cosine"] - 1) < 1e-12) if one else (0.9 < row["gradient_cosine"] <= 1 + 1e-12)
+            assert not one or abs(row["gradient_length_ratio"] - 1) < 1e-12 and row["response_error"] < 1e-12
+            assert row["silent_group_chance_maj"] > row["silent_group_chance_dense"]
+        assert 0.5 < saved["stacked_cosine"]["8"]["surrogate"] < 1
     assert result["figure"] == f"{experiment}.png"
 
 
@@ -208,3 +215,29 @@ def test_plugin_value_expectation_matches_enumeration_beyond_the_group():
             c = np.arange(1, m + 1) / m
             total += np.prod(pi[list(idx)]) * np.sum(g * (c**n - (c - 1 / m) ** n))
         assert plugin_value_expectation(pi, r, n, m) == pytest.approx(total, rel=1e-12)
+
+
+def test_the_voting_experiments_exact_expectations_against_every_group():
+    """dense_factor_expectation and silent_group_chance against every ordered group of m draws from an answer law,
+    each with its probability, run through the estimators themselves."""
+    from itertools import product
+
+    from iama.algorithms import MajorityVote, MajorityVoteDense, threshold_vote_slope
+    from iama.lab import dense_factor_expectation, silent_group_chance
+
+    probs, answers = np.array([0.35, 0.4, 0.25]), ["0", "1", "2"]  # answer 0 is the right one
+    for n, m in [(4, 4), (3, 5), (5, 5)]:
+        given, silent = {0: 0.0, 1: 0.0}, 0.0
+        for draw in product(range(3), repeat=m):
+            prob = np.prod(probs[list(draw)])
+            r = (np.array(draw) == 0).astype(float)
+            a = [answers[i] for i in draw]
+            s, b = MajorityVoteDense(n).estimate(r, answers=a)
+            given[int(r[0])] += prob * (s - b)[0]  # E[A_1 ; r_1]
+            s, b = MajorityVote(n).estimate(r, answers=a)
+            silent += prob * (np.abs(s - b).max() < 1e-9)
+        kappa = given[1] / probs[0] - given[0] / (1 - probs[0])
+        assert dense_factor_expectation(probs[0], n, m) == pytest.approx(kappa, rel=1e-12)
+        assert silent_group_chance(probs, n, m) == pytest.approx(silent, abs=1e-12)
+    # a large group recovers the population factor: the plug-in is consistent
+    assert dense_factor_expectation(0.3, 8, 4000) == pytest.approx(threshold_vote_slope(0.3, 8), rel=1e-2)

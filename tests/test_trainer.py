@@ -454,7 +454,8 @@ class LengthAnswer:
         return [float(a == ref) for a, ref in zip(self.answers(completions), answer)]
 
 
-def test_majority_vote_trains_from_a_datasets_answer_column(tmp_path):
+@pytest.mark.parametrize("spec", ["maj:4", "maj_dense:4"])
+def test_majority_vote_trains_from_a_datasets_answer_column(spec, tmp_path):
     from iama.config import grpo_config
     from iama.data import Prompts, prompt_dataset
     from iama.models import resolve_model
@@ -463,13 +464,14 @@ def test_majority_vote_trains_from_a_datasets_answer_column(tmp_path):
 
     from transformers import AutoTokenizer
 
-    cfg = tiny_cfg(tmp_path, "num_generations=8", "criteria=[{name: vote, reward: answer, algorithm: 'maj:4'}]")
+    cfg = tiny_cfg(tmp_path, "num_generations=8", f"criteria=[{{name: vote, reward: answer, algorithm: '{spec}'}}]",
+                   "scale_rewards=batch")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-gpt2"), padding_side="left")
     prompts = Prompts(["a b c", "d e f", "g h i", "j k l"] * 4, {"answer": [str(i % 3) for i in range(16)]})
     reward = LengthAnswer()
     trainer = IAMATrainer(model=resolve_model("tiny-gpt2"), reward_funcs=[reward], args=grpo_config(cfg),
                           train_dataset=prompt_dataset(prompts, tokenizer), processing_class=tokenizer,
-                          objective=Objective([Criterion("vote", "maj:4")], baseline="loo"))
+                          objective=Objective([Criterion("vote", spec)], baseline="loo"))
     batch = one_batch(trainer)
     trainer.current_gradient_accumulation_steps = 1
     out = trainer._generate_and_score_completions(batch)
@@ -481,7 +483,7 @@ def test_majority_vote_trains_from_a_datasets_answer_column(tmp_path):
     torch.testing.assert_close(out["advantages"], torch.as_tensor(est.advantages.reshape(-1), dtype=torch.float32))
     assert out["advantages"].abs().max() > 0  # the vote moves something
     trainer.train()
-    logged = [h["iama/vote/maj:4"] for h in trainer.state.log_history if "iama/vote/maj:4" in h]
+    logged = [h[f"iama/vote/{spec}"] for h in trainer.state.log_history if f"iama/vote/{spec}" in h]  # maj@4
     assert len(logged) == 2 and all(0 <= v <= 1 for v in logged)
 
 

@@ -88,17 +88,17 @@ ASK = ("What is {}?", "How much is {}?", "Calculate {}.")
 KINDS = (_add, _mul, _sub, _add, _mul, _sub, _add, _mul, _add, _add, _word, _two_step)
 
 
-def generate(seed: int = SEED, train: int = TRAIN, test: int = TEST) -> list[dict]:
-    """The rows of arith.jsonl: `train + test` distinct problems, the KINDS taken in turn and then shuffled within
-    each run of len(KINDS) rows, so that every stretch of the file (the first 40 prompts, the test split) mixes the
-    kinds in the same proportions."""
+def generate(seed: int = SEED, train: int = TRAIN, test: int = TEST, kinds=KINDS) -> list[dict]:
+    """The rows of arith.jsonl: `train + test` distinct problems, the `kinds` taken in turn and then shuffled
+    within each run of len(kinds) rows, so that every stretch of the file (the first 40 prompts, the test split)
+    mixes the kinds in the same proportions."""
     rng = random.Random(seed)
     rows, seen, attempts = [], set(), 0
     while len(rows) < train + test:
         attempts += 1
         if attempts > 100 * (train + test):
             raise RuntimeError(f"only {len(rows)} distinct problems of {train + test}: widen the number ranges")
-        kind, question, answer = KINDS[len(rows) % len(KINDS)](rng)
+        kind, question, answer = kinds[len(rows) % len(kinds)](rng)
         prompt = f"{question} {INSTRUCTION}"
         if prompt in seen:
             continue
@@ -106,8 +106,8 @@ def generate(seed: int = SEED, train: int = TRAIN, test: int = TEST) -> list[dic
         seen.add(prompt)
         rows.append({"prompt": prompt, "answer": str(answer), "kind": kind})
     shuffled = []
-    for start in range(0, len(rows), len(KINDS)):
-        block = rows[start:start + len(KINDS)]
+    for start in range(0, len(rows), len(kinds)):
+        block = rows[start:start + len(kinds)]
         rng.shuffle(block)
         shuffled += block
     for i, row in enumerate(shuffled):
@@ -120,17 +120,23 @@ def render(rows) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return command_line(argv, __doc__, generate, PATH)
+
+
+def command_line(argv, doc, generate_rows, path) -> int:
+    """A generator module's command line: write `generate_rows()` to `path`, or with --check compare."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the shipped file instead of writing it")
-    parser.add_argument("--out", type=Path, default=PATH, help=f"where to write (default {PATH})")
+    parser.add_argument("--out", type=Path, default=path, help=f"where to write (default {path})")
     args = parser.parse_args(argv)
-    text = render(generate())
+    rows = generate_rows()
+    text = render(rows)
     if args.check:
         same = args.out.is_file() and args.out.read_text(encoding="utf-8") == text
         print(f"{args.out}: {'up to date' if same else 'differs from the generator'}")
         return 0 if same else 1
     args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {TRAIN + TEST} problems to {args.out}")
+    print(f"wrote {len(rows)} problems to {args.out}")
     return 0
 
 
