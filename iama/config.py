@@ -41,6 +41,7 @@ class TrainConfig:
     scale_rewards: str = "group"  # divide advantages by the group's std, as TRL's GRPO does: group | batch | none
     num_generations: int = 8  # M, the group size: samples per prompt
     invalid_rewards: str = "stop"  # a reward that is NaN/None or raises: stop (naming it) | drop (the sample, counted)
+    max_dropped_steps: int = 3  # under drop: a step with no sample left trains nothing; this many in a row stop the run
     calibration: str | None = None  # reference-reward store for criteria with calibrated: true (iama calibrate)
     # the KL: a fixed beta, or a target KL held by a log-space proportional controller on beta
     beta: float = 0.0
@@ -195,20 +196,10 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     """Everything that can be checked without loading a model: fails with one clear line (ConfigError). The
     criteria themselves were checked when the config was made (parse_criteria)."""
     objective = build_objective(cfg)
-    if cfg.num_generations < 2:
-        raise ConfigError(f"num_generations (the group size M) must be at least 2, got {cfg.num_generations}")
-    need = objective.min_group_size()
-    if cfg.num_generations < need:
-        raise ConfigError(
-            f"num_generations={cfg.num_generations} is smaller than N={objective.max_n} of the largest algorithm; "
-            f"the {cfg.estimator!r} estimator needs M >= {need}"
-        )
-    if cfg.invalid_rewards not in ("stop", "drop"):
-        raise ConfigError(f"invalid_rewards must be 'stop' or 'drop', got {cfg.invalid_rewards!r}")
-    if cfg.beta < 0:
-        raise ConfigError(f"beta must be >= 0, got {cfg.beta}")
-    if cfg.target_kl is not None and (cfg.target_kl <= 0 or cfg.beta <= 0):
-        raise ConfigError("target_kl needs target_kl > 0 and an initial beta > 0 (the controller scales beta)")
+    check_training(objective, num_generations=cfg.num_generations, beta=cfg.beta, target_kl=cfg.target_kl,
+                   invalid_rewards=cfg.invalid_rewards, max_dropped_steps=cfg.max_dropped_steps)
+    if not cfg.output_dir or not str(cfg.output_dir).strip():
+        raise ConfigError(f"output_dir is empty: give the run's folder (got {cfg.output_dir!r})")
     if cfg.max_steps < 1:
         raise ConfigError(f"max_steps must be >= 1, got {cfg.max_steps}")
     ref = cfg.sweep_reference
@@ -239,6 +230,29 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
             _check_model(cfg.model)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def check_training(objective: Objective, *, num_generations, beta, target_kl, invalid_rewards, max_dropped_steps):
+    """What training an objective needs of the group size, the KL settings and the invalid-reward policy, one line
+    each (ConfigError): shared by the config (`iama train`) and IAMATrainer, so both refuse the same things before
+    any model loads. invalid_rewards None leaves the reward functions as they are (IAMATrainer only)."""
+    if num_generations < 2:
+        raise ConfigError(f"num_generations (the group size M) must be at least 2, got {num_generations}")
+    need = objective.min_group_size()
+    if num_generations < need:
+        raise ConfigError(
+            f"num_generations={num_generations} is smaller than N={objective.max_n} of the largest algorithm; "
+            f"the {objective.estimator!r} estimator needs M >= {need}"
+        )
+    if invalid_rewards not in ("stop", "drop", None):
+        raise ConfigError(f"invalid_rewards must be 'stop' or 'drop', got {invalid_rewards!r}")
+    if isinstance(max_dropped_steps, bool) or not isinstance(max_dropped_steps, int) or max_dropped_steps < 1:
+        raise ConfigError(f"max_dropped_steps must be an integer >= 1, got {max_dropped_steps!r}")
+    if beta < 0:
+        raise ConfigError(f"beta must be >= 0, got {beta}")
+    if target_kl is not None and (target_kl <= 0 or beta <= 0):
+        raise ConfigError(f"target_kl needs target_kl > 0 and an initial beta > 0 (the controller scales beta); "
+                          f"got target_kl={target_kl}, beta={beta}")
 
 
 def grpo_config(cfg: TrainConfig):

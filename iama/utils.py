@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes (nothing half-written survives a crash) and a description of the machine."""
+"""Small shared helpers: checks of output paths before any work, atomic writes (nothing half-written survives a
+crash) and a description of the machine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,40 @@ import platform
 import re
 import tempfile
 from pathlib import Path
+
+
+def check_output_dir(path, what: str = "output folder") -> Path:
+    """`path` as a folder that can be written, or one line (ValueError) naming `what`: it, or the nearest of its
+    parents that exists, must be a folder with write permission. Called before any model loads, so that no work
+    is lost to an output path that cannot take it."""
+    if path is None or not str(path).strip():
+        raise ValueError(f"{what} is empty: give a folder")
+    path = Path(path).expanduser()
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "is" if existing == path else f"is inside {str(existing)!r}, which is"
+                raise ValueError(f"{what} {str(path)!r} {where} an existing file, not a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                where = "" if existing == path else f" (its parent {str(existing)!r})"
+                raise ValueError(f"{what} {str(path)!r} cannot be written: no write permission on the folder{where}")
+            return path
+    return path
+
+
+def check_output_file(path, what: str = "output file") -> Path:
+    """`path` as a file that can be written (atomically: a new file in its folder, renamed over it), or one line
+    (ValueError) naming `what`."""
+    if path is None or not str(path).strip():
+        raise ValueError(f"{what} is empty: give a file")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder, not a file")
+    try:
+        check_output_dir(path.parent, "its folder")
+    except ValueError as e:
+        raise ValueError(f"{what} {str(path)!r}: {e}") from None
+    return path
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
