@@ -80,6 +80,9 @@ def _grpo_defaults() -> dict:
     return {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
 
 
+KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _check_types(values: dict, defaults: dict, where: str) -> None:
     """A value must have the kind of its field's default (bool, int, float, str); None defaults accept anything.
     Numbers written the way YAML 1.1 reads as strings ("1e-3") are converted. Catches `learning_rate: fast`
@@ -99,7 +102,7 @@ def _check_types(values: dict, defaults: dict, where: str) -> None:
         if kind is str and isinstance(value, list):  # fields such as report_to take a string or a list
             continue
         if kind in (bool, int, float, str) and type(value) is not kind:
-            raise ConfigError(f"{where}{key} must be a {kind.__name__}, got {value!r}")
+            raise ConfigError(f"{where}{key} must be {KINDS[kind]}, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -107,7 +110,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not KEY=VALUE")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def apply_override(raw: dict, path: list[str], value) -> None:
@@ -160,7 +166,9 @@ def load_config(path=None, overrides=(), *, check_model: bool = True, **kwargs) 
                 raise ConfigError(f"config {str(path)!r}: a directory without iama_config.yaml or config.yaml")
         elif not p.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
-        raw = _read_yaml(p, f"config file {str(path)!r}") or {}
+        raw = _read_yaml(p, f"config file {str(path)!r}")
+        if raw is None:  # an empty file would train every default: more likely the wrong file
+            raise ConfigError(f"config file {str(path)!r} is empty; write at least the criteria (see configs/)")
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     for text in overrides:
@@ -222,6 +230,7 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
         check_voting(cfg.criteria)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_trl_fields(cfg.trl)
     grpo_config(cfg)  # TRL's own checks (batch sizes, field types) before any model loads
     if check_model:
         from .models import check_model as _check_model
@@ -253,6 +262,25 @@ def check_training(objective: Objective, *, num_generations, beta, target_kl, in
     if target_kl is not None and (target_kl <= 0 or beta <= 0):
         raise ConfigError(f"target_kl needs target_kl > 0 and an initial beta > 0 (the controller scales beta); "
                           f"got target_kl={target_kl}, beta={beta}")
+
+
+def check_trl_fields(trl: dict) -> None:
+    """TRL fields that TRL (or transformers) checks only once the model is loaded, checked here instead."""
+    if trl.get("temperature") is not None and not trl["temperature"] > 0:
+        raise ConfigError(f"temperature must be > 0 (sampling), got {trl['temperature']!r}")
+    if trl.get("learning_rate") is not None and not trl["learning_rate"] >= 0:
+        raise ConfigError(f"learning_rate must be >= 0, got {trl['learning_rate']!r}")
+    if trl.get("max_completion_length") is not None and not trl["max_completion_length"] >= 1:
+        raise ConfigError(f"max_completion_length (tokens per completion) must be at least 1, "
+                          f"got {trl['max_completion_length']!r}")
+    if trl.get("report_to") is not None:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        names = [trl["report_to"]] if isinstance(trl["report_to"], str) else list(trl["report_to"])
+        bad = [n for n in names if n not in INTEGRATION_TO_CALLBACK and n not in ("all", "none")]
+        if bad:
+            raise ConfigError(f"report_to: unknown integration {bad[0]!r}; choose from none, all, "
+                              f"{', '.join(INTEGRATION_TO_CALLBACK)}")
 
 
 def grpo_config(cfg: TrainConfig):

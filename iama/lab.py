@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .algorithms import BestOfN, Sampling, WorstOfN
 from .objective import Criterion, Objective
-from .utils import atomic_write_json, save_figure
+from .utils import atomic_write_json, check_output_dir, save_figure
 
 # ---------------------------------------------------------------------------------------------------------------
 # exact quantities on a finite response set
@@ -716,6 +716,7 @@ def run_lab(experiment: str, out_dir, quick: bool = False) -> dict:
         return {name: run_lab(name, out_dir, quick) for name in EXPERIMENTS}
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)} or 'all'")
+    check_output_dir(out_dir, "--out")  # before the experiment runs, not when it writes
     result = EXPERIMENTS[experiment](out_dir, quick)
     tqdm.write(_summary(result))
     return result

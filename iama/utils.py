@@ -46,6 +46,15 @@ def check_output_file(path, what: str = "output file") -> Path:
     return path
 
 
+def check_bootstrap(resamples: int, confidence: float = 0.95) -> None:
+    """Enough bootstrap resamples for a percentile interval at `confidence`: each tail needs one, so at least
+    2 / (1 - confidence) (40 at 95%); fewer give intervals of zero width or none. One line (ValueError)."""
+    need = math.ceil(2 / (1 - confidence) - 1e-9)
+    if resamples < need:
+        raise ValueError(f"--bootstrap {resamples} is too few for {confidence:.0%} intervals: each tail needs a "
+                         f"resample, so at least {need}")
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write to a temporary file beside `path`, then rename it over `path` (atomic on POSIX)."""
     path = Path(path)

@@ -281,9 +281,15 @@ def test_lora_is_merged_into_final(tmp_path):
     ("frobnicate=1", "unknown config key"),
     ("aggregator=max", "unknown aggregator"),
     ("scale_rewards=std", "unknown scale_rewards"),
-    ("learning_rate=fast", "GRPOConfig field learning_rate must be a float"),
-    ("max_steps=ten", "max_steps must be a int"),
+    ("learning_rate=fast", "GRPOConfig field learning_rate must be a number, got 'fast'"),
+    ("max_steps=ten", "max_steps must be an integer, got 'ten'"),
     ("per_device_train_batch_size=12", "GRPOConfig refused"),
+    ("temperature=-1", "temperature must be > 0 (sampling), got -1"),
+    ("learning_rate=-1e-4", "learning_rate must be >= 0, got -0.0001"),
+    ("max_completion_length=0", "max_completion_length (tokens per completion) must be at least 1, got 0"),
+    ("report_to=tensorbord", "report_to: unknown integration 'tensorbord'; choose from none, all, "),
+    ("criteria.0={name: a", "override 'criteria.0={name: a': the value is not valid YAML"),
+    ("max_dropped_steps=0", "max_dropped_steps must be an integer >= 1, got 0"),
 ])
 def test_bad_config_stops_with_one_line_before_loading_a_model(override, message, monkeypatch, capsys, tmp_path):
     import iama.models
