@@ -8,7 +8,7 @@ import math
 import os
 import platform
 import re
-import tempfile
+import secrets
 from pathlib import Path
 
 
@@ -56,10 +56,11 @@ def check_bootstrap(resamples: int, confidence: float = 0.95) -> None:
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write to a temporary file beside `path`, then rename it over `path` (atomic on POSIX)."""
+    """Write to a temporary file beside `path`, then rename it over `path` (atomic on POSIX). The file gets the
+    mode an ordinary write would (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -71,6 +72,17 @@ def atomic_write_bytes(path, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _new_file(path: Path) -> tuple[int, str]:
+    """A new, uniquely named file beside `path`, created with mode 0666 for the umask to restrict."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write_text(path, text: str) -> Path:

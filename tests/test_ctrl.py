@@ -476,3 +476,19 @@ def test_ctrl_plan_writes_plot_and_numbers(tmp_path):
     for name, curve in saved["curves"].items():  # nothing beats the optimal curve
         assert all(w is None or w <= o + 1e-9 for w, o in zip(curve["win_rate"], opt)), name
     assert ctrl_plan("won:2", 0.3, tmp_path / "won")["family"] == "negexp"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_outputs_take_the_umasks_mode(tmp_path, umask, mode):
+    """Written atomically, yet readable as an ordinary write would leave them (not a temporary file's 0600)."""
+    import os
+
+    from iama.cli import main
+
+    old = os.umask(umask)
+    try:
+        assert main(["ctrl-plan", "--algorithm", "bon:2", "--out", str(tmp_path)]) == 0
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"ctrl_plan.json": mode,
+                                                                               "ctrl_plan.png": mode}
