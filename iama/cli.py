@@ -111,9 +111,13 @@ def _lab(args):
 
 
 def _ctrl_plan(args):
-    from .ctrl import ctrl_plan
+    from .ctrl import ctrl_plan, plan_summary
 
-    ctrl_plan(args.algorithm, args.kl, args.out, family=args.family)
+    lines, warning = plan_summary(ctrl_plan(args.algorithm, args.kl, args.out, family=args.family))
+    print("\n".join(lines))
+    if warning:
+        print(f"iama: warning: {warning}", file=sys.stderr)
+    print(f"plan: {args.out}/ctrl_plan.json, plot: {args.out}/ctrl_plan.png")
 
 
 

@@ -549,6 +549,21 @@ def ctrl_plan(algorithm, kl: float, out_dir, family=None) -> dict:
     return plot_plan(algorithm, out_dir, kl=kl, family=family, planned=plan(algorithm, kl, family))
 
 
+def plan_summary(record) -> tuple[list[str], str | None]:
+    """What `iama ctrl-plan` prints of a plan: the transform with its beta, the KL it reaches and its win rate
+    beside the optimal transform's; and a warning when the best t is at the edge of the family's grid."""
+    reached = tradeoff(record["best_transform"], record["best_beta"], record["algorithm"])["kl"]
+    lines = [f"InfAlign-CTRL plan for {record['algorithm']} at KL {record['kl']:g}: transform "
+             f"{record['best_transform']}, beta {record['best_beta']:.4g} (KL reached {reached:.4g})",
+             f"win rate over the reference under {record['algorithm']}: {record['best_win_rate']:.4f} (the optimal "
+             f"transform's: {record['optimal']['win_rate']:.4f})"]
+    warning = None
+    if record["at_grid_edge"]:
+        warning = (f"the best {record['family']}:t is at the edge of its grid ({record['ts'][0]:g} to "
+                   f"{record['ts'][-1]:g}): a t beyond it, or another --family, may win more")
+    return lines, warning
+
+
 def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bool = True) -> "CalibrationStore":
     """`iama calibrate`: for every training prompt of `cfg`, K samples from its model (the reference policy),
     scored by each calibrated criterion's reward and kept in the store at cfg.calibration. Prompts are keyed as
