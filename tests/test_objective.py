@@ -17,7 +17,8 @@ def softmax(x):
 def test_all_sampling_with_group_mean_is_grpo():
     """sum of Sampling criteria + group_mean baseline = GRPO's centred weighted reward (TRL's formula)."""
     w = torch.tensor([0.3, 0.7])
-    obj = Objective([Criterion("a", "sampling", 0.3), Criterion("b", "sampling", 0.7)], baseline="group_mean", scale_rewards="none")
+    obj = Objective([Criterion("a", "sampling", 0.3), Criterion("b", "sampling", 0.7)], baseline="group_mean",
+                    scale_rewards="none")
     r = torch.randn(5, 6, 2)
     weighted = (r * w).sum(-1)
     centred = weighted - weighted.mean(1, keepdim=True)

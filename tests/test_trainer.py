@@ -400,7 +400,7 @@ def test_a_step_with_every_sample_dropped_trains_nothing_and_is_counted(tmp_path
     assert main(["train", str(TINY), f"criteria.1.reward={__name__}:always_none", "invalid_rewards=drop",
                  "max_steps=2", "save_steps=1", "beta=0.05", "max_prompts=16", "per_device_train_batch_size=16",
                  "report_to=none", f"output_dir={out}"]) == 0
-    assert "iama: every sample of step 1 was dropped (invalid rewards of 'long'): the step trains nothing" in caplog.text
+    assert "every sample of step 1 was dropped (invalid rewards of 'long'): the step trains nothing" in caplog.text
     trained, untrained = load_file(out / "final" / "model.safetensors"), \
         load_file(Path(resolve_model("tiny-gpt2")) / "model.safetensors")
     assert all(torch.equal(trained[k], untrained[k]) for k in untrained)

@@ -349,7 +349,8 @@ def test_dispatcher_matches_objective(case, baseline, estimator, base_algorithm)
     config = copy.deepcopy(base_algorithm)
     config.update({"adv_estimator": name, "norm_adv_by_std_in_grpo": False, "iama_estimator": estimator,
                    "iama_baseline": baseline, **keys})
-    objective = Objective([Criterion("reward", algorithm)], estimator=estimator, baseline=baseline, scale_rewards="none")
+    objective = Objective([Criterion("reward", algorithm)], estimator=estimator, baseline=baseline,
+                          scale_rewards="none")
     expected = objective(np.stack(_rounded(groups, np.float32))).advantages
     for shuffle in (False, True):
         data, rows, mask, _ = _batch(groups, rng, shuffle)
@@ -376,7 +377,8 @@ def test_dispatcher_matches_objective_with_scaling(scale, dtype, base_algorithm)
     _check(compute_advantage(data, adv_estimator="iama_bon", config=config).batch["advantages"], expected, rows, mask)
     if scale is None:  # verl's switch off: no scaling
         config.norm_adv_by_std_in_grpo = False
-        expected = Objective([Criterion("reward", BestOfN(4))], scale_rewards="none")(np.stack(_rounded(groups, getattr(np, dtype))))
+        unscaled = Objective([Criterion("reward", BestOfN(4))], scale_rewards="none")
+        expected = unscaled(np.stack(_rounded(groups, getattr(np, dtype))))
         advantages = compute_advantage(data, adv_estimator="iama_bon", config=config).batch["advantages"]
         _check(advantages, expected.advantages, rows, mask)
 
