@@ -172,6 +172,7 @@ class IAMATrainer(GRPOTrainer):
         self.model_card_base = model if isinstance(model, str) else None  # the name given, not the cache's path
         self._gathered_rewards = self._gathered_answers = None
         self._dropped_in_a_row = self._skipped_steps = 0
+        self._skipping = False  # the micro-batch in training_step belongs to a skipped step
         if metrics_csv is not False:
             self.add_callback(CSVLogger(metrics_csv or Path(self.args.output_dir) / "metrics.csv"))
 
@@ -244,7 +245,8 @@ class IAMATrainer(GRPOTrainer):
                        f"at {self.max_dropped_steps})")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if inputs.get("iama_skip", False):
+        self._skipping = bool(inputs.get("iama_skip", False))
+        if self._skipping:
             # a skipped step: a loss that reaches no weight, so that their gradients stay None and the optimizer
             # leaves them, and its moments, as they are (no KL term either)
             return torch.zeros((), device=self.accelerator.device, requires_grad=True)
@@ -253,7 +255,7 @@ class IAMATrainer(GRPOTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         kl = self._metrics["train"].get("kl")
-        if self.target_kl is not None and kl:
+        if self.target_kl is not None and kl and not self._skipping:  # a skipped step measured no KL
             self.beta = kl_controller(self.beta, kl[-1], self.target_kl, self.kl_gain)
         return loss
 

@@ -389,8 +389,8 @@ def always_none(prompts, completions, **kwargs):
 
 
 def test_a_step_with_every_sample_dropped_trains_nothing_and_is_counted(tmp_path, caplog, monkeypatch):
-    """Under invalid_rewards=drop a step whose every sample is dropped is skipped: the weights stay bit for bit the
-    untrained model's (no KL term, no optimizer momentum), the step is counted, and the model card is written."""
+    """Under invalid_rewards=drop a step whose every sample is dropped is skipped, warned of and counted; with no
+    step left to estimate an objective, the model card is still written, and the weights are the untrained ones."""
     from safetensors.torch import load_file
 
     from iama.models import resolve_model
@@ -407,6 +407,33 @@ def test_a_step_with_every_sample_dropped_trains_nothing_and_is_counted(tmp_path
     rows = [r for r in read_metrics(out / "metrics.csv") if r.get("loss")]
     assert [float(r["iama/skipped_steps"]) for r in rows] == [1.0, 2.0]
     assert "skipped steps (every sample's reward invalid, dropped): 2" in (out / "final" / "README.md").read_text()
+
+
+CALLS = []
+
+
+def down_after_one_call(prompts, completions, **kwargs):
+    """length:24:32 once, then a scorer that is down."""
+    CALLS.append(len(completions))
+    return [-(((len(ids) - 24) / 32) ** 2) if len(CALLS) == 1 else None for ids in kwargs["completion_ids"]]
+
+
+def test_a_skipped_step_changes_neither_the_weights_nor_the_kl_controller(tmp_path, monkeypatch):
+    """After a step that trained, a step with every sample dropped: the weights stay bit for bit (the optimizer's
+    momentum would move them), and beta stays where step 1's KL put it."""
+    from safetensors.torch import load_file
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    CALLS.clear()
+    out = tmp_path / "run"
+    assert main(["train", str(TINY), f"criteria.1.reward={__name__}:down_after_one_call", "invalid_rewards=drop",
+                 "beta=0.05", "target_kl=10.0", "max_steps=2", "save_steps=1", "keep_checkpoints=true",
+                 "logging_steps=2",  # step 1's KL is still in the log's window at step 2
+                 "max_prompts=16", "per_device_train_batch_size=16", "report_to=none", f"output_dir={out}"]) == 0
+    weights = [load_file(out / f"checkpoint-{i}" / "model.safetensors") for i in (1, 2)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    beta = [json.loads((out / f"checkpoint-{i}" / "iama_state.json").read_text())["beta"] for i in (1, 2)]
+    assert beta[0] < 0.05 and beta[1] == beta[0]
 
 
 def test_dropped_steps_in_a_row_stop_the_run_with_one_line(tmp_path, capsys, monkeypatch):
