@@ -38,9 +38,9 @@ import numpy as np
 from .algorithms import Algorithm, Tilted, parse_algorithm
 from .config import TrainConfig, check_voting, load_config, run_config_file
 from .data import prompt_key
+from .models import check_device_and_dtype
 from .objective import Criterion, parse_criteria
 from .rewards import answers_method, reward_column, reward_gives_answers, spec_text
-from .models import check_device_and_dtype
 from .utils import atomic_write_text, check_output_file
 
 BACKENDS = ("hf", "vllm")
