@@ -1,6 +1,7 @@
 """`iama <verb>`: train, eval, decode, calibrate, ctrl-plan, lab, demo, sweep.
 
-Bad input ends with one line `iama: error: ...` and exit code 2 (set IAMA_DEBUG=1 for the traceback)."""
+Bad input, or an output path the system refuses, ends with one line `iama: error: ...` and exit code 2 (set
+IAMA_DEBUG=1 for the traceback)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,11 @@ def _eval(a):
 
     from .evaluate import EvalSettings, evaluate
     from .report import effective_statements
+    from .utils import check_bootstrap
 
     settings = EvalSettings(**{f.name: getattr(a, f.name) for f in fields(EvalSettings)})
+    if 0 < a.confidence < 1:  # else evaluate says what is wrong with it
+        check_bootstrap(a.bootstrap, a.confidence)
     report = evaluate(a.models, pools=a.pool, config=a.config, reference=a.reference,
                       algorithms=[x for x in (a.algorithms or "").split(",") if x], settings=settings,
                       command="iama " + shlex.join(sys.argv[1:]))
@@ -107,9 +111,13 @@ def _lab(args):
 
 
 def _ctrl_plan(args):
-    from .ctrl import ctrl_plan
+    from .ctrl import ctrl_plan, plan_summary
 
-    ctrl_plan(args.algorithm, args.kl, args.out, family=args.family)
+    lines, warning = plan_summary(ctrl_plan(args.algorithm, args.kl, args.out, family=args.family))
+    print("\n".join(lines))
+    if warning:
+        print(f"iama: warning: {warning}", file=sys.stderr)
+    print(f"plan: {args.out}/ctrl_plan.json, plot: {args.out}/ctrl_plan.png")
 
 
 
@@ -216,10 +224,13 @@ def main(argv=None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the reports' "Made by" line
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         if os.environ.get("IAMA_DEBUG"):
             raise
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, OSError) and e.strerror and e.filename:  # from the system: what, and on which path
+            message = f"{e.filename2 or e.filename}: {e.strerror}"  # a rename's target, else the path
+        else:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"iama: error: {message}", file=sys.stderr)
         return 2
     return 0

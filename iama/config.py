@@ -41,6 +41,7 @@ class TrainConfig:
     scale_rewards: str = "group"  # divide advantages by the group's std, as TRL's GRPO does: group | batch | none
     num_generations: int = 8  # M, the group size: samples per prompt
     invalid_rewards: str = "stop"  # a reward that is NaN/None or raises: stop (naming it) | drop (the sample, counted)
+    max_dropped_steps: int = 3  # under drop: a step with no sample left trains nothing; this many in a row stop the run
     calibration: str | None = None  # reference-reward store for criteria with calibrated: true (iama calibrate)
     # the KL: a fixed beta, or a target KL held by a log-space proportional controller on beta
     beta: float = 0.0
@@ -79,6 +80,9 @@ def _grpo_defaults() -> dict:
     return {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
 
 
+KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _check_types(values: dict, defaults: dict, where: str) -> None:
     """A value must have the kind of its field's default (bool, int, float, str); None defaults accept anything.
     Numbers written the way YAML 1.1 reads as strings ("1e-3") are converted. Catches `learning_rate: fast`
@@ -98,7 +102,7 @@ def _check_types(values: dict, defaults: dict, where: str) -> None:
         if kind is str and isinstance(value, list):  # fields such as report_to take a string or a list
             continue
         if kind in (bool, int, float, str) and type(value) is not kind:
-            raise ConfigError(f"{where}{key} must be a {kind.__name__}, got {value!r}")
+            raise ConfigError(f"{where}{key} must be {KINDS[kind]}, got {value!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -106,7 +110,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not KEY=VALUE")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def apply_override(raw: dict, path: list[str], value) -> None:
@@ -159,7 +166,9 @@ def load_config(path=None, overrides=(), *, check_model: bool = True, **kwargs) 
                 raise ConfigError(f"config {str(path)!r}: a directory without iama_config.yaml or config.yaml")
         elif not p.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
-        raw = _read_yaml(p, f"config file {str(path)!r}") or {}
+        raw = _read_yaml(p, f"config file {str(path)!r}")
+        if raw is None:  # an empty file would train every default: more likely the wrong file
+            raise ConfigError(f"config file {str(path)!r} is empty; write at least the criteria (see configs/)")
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     for text in overrides:
@@ -195,20 +204,10 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     """Everything that can be checked without loading a model: fails with one clear line (ConfigError). The
     criteria themselves were checked when the config was made (parse_criteria)."""
     objective = build_objective(cfg)
-    if cfg.num_generations < 2:
-        raise ConfigError(f"num_generations (the group size M) must be at least 2, got {cfg.num_generations}")
-    need = objective.min_group_size()
-    if cfg.num_generations < need:
-        raise ConfigError(
-            f"num_generations={cfg.num_generations} is smaller than N={objective.max_n} of the largest algorithm; "
-            f"the {cfg.estimator!r} estimator needs M >= {need}"
-        )
-    if cfg.invalid_rewards not in ("stop", "drop"):
-        raise ConfigError(f"invalid_rewards must be 'stop' or 'drop', got {cfg.invalid_rewards!r}")
-    if cfg.beta < 0:
-        raise ConfigError(f"beta must be >= 0, got {cfg.beta}")
-    if cfg.target_kl is not None and (cfg.target_kl <= 0 or cfg.beta <= 0):
-        raise ConfigError("target_kl needs target_kl > 0 and an initial beta > 0 (the controller scales beta)")
+    check_training(objective, num_generations=cfg.num_generations, beta=cfg.beta, target_kl=cfg.target_kl,
+                   invalid_rewards=cfg.invalid_rewards, max_dropped_steps=cfg.max_dropped_steps)
+    if not cfg.output_dir or not str(cfg.output_dir).strip():
+        raise ConfigError(f"output_dir is empty: give the run's folder (got {cfg.output_dir!r})")
     if cfg.max_steps < 1:
         raise ConfigError(f"max_steps must be >= 1, got {cfg.max_steps}")
     ref = cfg.sweep_reference
@@ -231,6 +230,7 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
         check_voting(cfg.criteria)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_trl_fields(cfg.trl)
     grpo_config(cfg)  # TRL's own checks (batch sizes, field types) before any model loads
     if check_model:
         from .models import check_model as _check_model
@@ -239,6 +239,48 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
             _check_model(cfg.model)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+
+def check_training(objective: Objective, *, num_generations, beta, target_kl, invalid_rewards, max_dropped_steps):
+    """What training an objective needs of the group size, the KL settings and the invalid-reward policy, one line
+    each (ConfigError): shared by the config (`iama train`) and IAMATrainer, so both refuse the same things before
+    any model loads. invalid_rewards None leaves the reward functions as they are (IAMATrainer only)."""
+    if num_generations < 2:
+        raise ConfigError(f"num_generations (the group size M) must be at least 2, got {num_generations}")
+    need = objective.min_group_size()
+    if num_generations < need:
+        raise ConfigError(
+            f"num_generations={num_generations} is smaller than N={objective.max_n} of the largest algorithm; "
+            f"the {objective.estimator!r} estimator needs M >= {need}"
+        )
+    if invalid_rewards not in ("stop", "drop", None):
+        raise ConfigError(f"invalid_rewards must be 'stop' or 'drop', got {invalid_rewards!r}")
+    if isinstance(max_dropped_steps, bool) or not isinstance(max_dropped_steps, int) or max_dropped_steps < 1:
+        raise ConfigError(f"max_dropped_steps must be an integer >= 1, got {max_dropped_steps!r}")
+    if beta < 0:
+        raise ConfigError(f"beta must be >= 0, got {beta}")
+    if target_kl is not None and (target_kl <= 0 or beta <= 0):
+        raise ConfigError(f"target_kl needs target_kl > 0 and an initial beta > 0 (the controller scales beta); "
+                          f"got target_kl={target_kl}, beta={beta}")
+
+
+def check_trl_fields(trl: dict) -> None:
+    """TRL fields that TRL (or transformers) checks only once the model is loaded, checked here instead."""
+    if trl.get("temperature") is not None and not trl["temperature"] > 0:
+        raise ConfigError(f"temperature must be > 0 (sampling), got {trl['temperature']!r}")
+    if trl.get("learning_rate") is not None and not trl["learning_rate"] >= 0:
+        raise ConfigError(f"learning_rate must be >= 0, got {trl['learning_rate']!r}")
+    if trl.get("max_completion_length") is not None and not trl["max_completion_length"] >= 1:
+        raise ConfigError(f"max_completion_length (tokens per completion) must be at least 1, "
+                          f"got {trl['max_completion_length']!r}")
+    if trl.get("report_to") is not None:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        names = [trl["report_to"]] if isinstance(trl["report_to"], str) else list(trl["report_to"])
+        bad = [n for n in names if n not in INTEGRATION_TO_CALLBACK and n not in ("all", "none")]
+        if bad:
+            raise ConfigError(f"report_to: unknown integration {bad[0]!r}; choose from none, all, "
+                              f"{', '.join(INTEGRATION_TO_CALLBACK)}")
 
 
 def grpo_config(cfg: TrainConfig):

@@ -23,7 +23,7 @@ from scipy.optimize import brentq, minimize_scalar
 from .algorithms import BestOfN, Sampling, WorstOfN, parse_algorithm
 from .data import prompt_key
 from .transforms import TRANSFORM_HELP, Transform, _name, parse_transform  # noqa: F401 (iama.ctrl.parse_transform)
-from .utils import atomic_write_json, save_figure
+from .utils import atomic_write_json, check_output_dir, check_output_file, save_figure
 
 # ---------------------------------------------------------------------------------------------------------------
 # calibration
@@ -61,9 +61,14 @@ class CalibrationStore:
         self.path = Path(path) if path is not None else None
         self.rewards: dict[str, dict[str, list[float]]] = {}
         if self.path is not None and self.path.exists():
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            self.rewards = {name: {p: [float(x) for x in r] for p, r in table.items()}
-                            for name, table in data["rewards"].items()}
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                self.rewards = {name: {p: [float(x) for x in r] for p, r in table.items()}
+                                for name, table in data["rewards"].items()}
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                reason = f"no {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+                raise ValueError(f"calibration store {str(self.path)!r} is not one `iama calibrate` wrote "
+                                 f"({reason}); move it away to calibrate again") from None
 
     @classmethod
     def load(cls, path) -> "CalibrationStore":
@@ -365,6 +370,8 @@ def plan(algorithm, kl: float, family: str = "exp", ts=None) -> dict:
     """For each t of the family (exp:t, negexp:t or power:t) the beta with KL = kl and its win rate; the best t
     (the grid's best, refined by a bounded 1-D search between its neighbours)."""
     algorithm = _check_algorithm(algorithm)
+    if not (np.isfinite(kl) and kl > 0):
+        raise ValueError(f"the KL budget must be a positive finite number, got {kl!r}")
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
     ts = np.sort(np.asarray(FAMILIES[family] if ts is None else ts, dtype=np.float64))
@@ -537,8 +544,24 @@ def ctrl_plan(algorithm, kl: float, out_dir, family=None) -> dict:
     """What `iama ctrl-plan --algorithm bon:4 --kl 0.5 --out DIR` runs: plan the transform for the algorithm at
     the KL budget, write DIR/ctrl_plan.json and DIR/ctrl_plan.png, return the plan with its curves."""
     algorithm = _check_algorithm(algorithm)
+    check_output_dir(out_dir, "--out")
     family = family or _default_family(algorithm)
     return plot_plan(algorithm, out_dir, kl=kl, family=family, planned=plan(algorithm, kl, family))
+
+
+def plan_summary(record) -> tuple[list[str], str | None]:
+    """What `iama ctrl-plan` prints of a plan: the transform with its beta, the KL it reaches and its win rate
+    beside the optimal transform's; and a warning when the best t is at the edge of the family's grid."""
+    reached = tradeoff(record["best_transform"], record["best_beta"], record["algorithm"])["kl"]
+    lines = [f"InfAlign-CTRL plan for {record['algorithm']} at KL {record['kl']:g}: transform "
+             f"{record['best_transform']}, beta {record['best_beta']:.4g} (KL reached {reached:.4g})",
+             f"win rate over the reference under {record['algorithm']}: {record['best_win_rate']:.4f} (the optimal "
+             f"transform's: {record['optimal']['win_rate']:.4f})"]
+    warning = None
+    if record["at_grid_edge"]:
+        warning = (f"the best {record['family']}:t is at the edge of its grid ({record['ts'][0]:g} to "
+                   f"{record['ts'][-1]:g}): a t beyond it, or another --family, may win more")
+    return lines, warning
 
 
 def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bool = True) -> "CalibrationStore":
@@ -555,6 +578,11 @@ def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bo
         raise ValueError("no criterion has calibrated: true; there is nothing to calibrate")
     if not cfg.calibration:
         raise ValueError("set `calibration:` to the store's path (a JSON file)")
+    for value, what in ((k, "--k"), (batch_size, "--batch-size")):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    check_output_file(cfg.calibration, "calibration store")
+    CalibrationStore(cfg.calibration)  # a store it cannot read stops here, before the model loads
     backend = HFBackend(resolve_model(cfg.model))
     prompts = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.max_prompts)
     prompts = as_conversation(prompts, backend.tokenizer)

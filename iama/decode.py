@@ -38,9 +38,10 @@ import numpy as np
 from .algorithms import Algorithm, Tilted, parse_algorithm
 from .config import TrainConfig, check_voting, load_config, run_config_file
 from .data import prompt_key
+from .models import check_device_and_dtype
 from .objective import Criterion, parse_criteria
 from .rewards import answers_method, reward_column, reward_gives_answers, spec_text
-from .utils import atomic_write_text
+from .utils import atomic_write_text, check_output_file
 
 BACKENDS = ("hf", "vllm")
 
@@ -591,6 +592,8 @@ def collect_prompts(prompts=(), source=None, *, column: str = "prompt", split: s
                               limit=None if limit is None else int(offset) + int(limit))[int(offset):]
         if not loaded:
             raise ValueError(f"prompts {source!r}: none left after skipping {offset}")
+    if prompts and not given and source is None:
+        raise ValueError("the prompts given are empty (--prompt ''): give a prompt's text")
     if not given and not loaded:
         raise ValueError("no prompts: give prompts as arguments or a prompt source (a file, 'builtin', 'hf:NAME')")
     names = list(dict.fromkeys([*given_columns, *loaded.columns]))
@@ -638,6 +641,9 @@ def decode(prompts, model, rewards=None, *, algorithm="bon:4", select_by: str | 
         prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to decode")
+    if out is not None:
+        check_output_file(out, "--out")  # before sampling: no work lost to a path that cannot take it
+    check_device_and_dtype(device, dtype)
     alg = check_decode_algorithm(algorithm)
     spec = parse_model_arg(model)
     run_config = load_config(config, check_model=False) if config is not None else spec.config

@@ -116,21 +116,35 @@ def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=N
     import torch
 
     from .config import load_config
+    from .decode import collect_prompts
     from .evaluate import evaluate
     from .report import effective_statements
     from .trainer import completed, train
+    from .utils import check_output_dir
 
     started = time.perf_counter()
     out, configs = Path(out), Path(configs or CONFIGS)
     if configs.resolve().is_relative_to(Path.cwd().resolve()):  # the report names it, without this machine's path
         configs = configs.resolve().relative_to(Path.cwd().resolve())
+    # everything that can be wrong with the request, before anything trains
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
+    if eval_prompts < 1:
+        raise ValueError(f"--eval-prompts must be at least 1, got {eval_prompts}")
+    check_output_dir(out, "--out")
     overrides = [f"model={model}"] if model else []
-    overrides += [f"max_steps={steps}"] if steps else []
+    overrides += [f"max_steps={steps}"] if steps is not None else []
     overrides += [f"seed={seed}"] if seed is not None else []
     jobs = {}
     for label, name in [("grpo", "length-baseline.yaml"), ("iama", "length.yaml")]:
         args = [str(configs / name), *overrides, f"output_dir={out / 'runs' / label}"]
         jobs[label] = (args, load_config(args[0], args[1:]))
+    evaluated = jobs["iama"][1]  # the evaluation's criteria, and the prompts after those trained on
+    need = max(c.algorithm.n or 1 for c in evaluated.criteria)
+    if m < need:
+        raise ValueError(f"-M {m} samples per prompt cannot estimate N={need} of the criteria; use -M >= {need}")
+    collect_prompts(source=evaluated.prompts, column=evaluated.prompt_column, split=evaluated.prompt_split,
+                    limit=eval_prompts, offset=evaluated.max_prompts or 0)
     runs = {label: completed(cfg) for label, (_, cfg) in jobs.items()}
     todo = {label: job for label, job in jobs.items() if runs[label] is None}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

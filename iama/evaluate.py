@@ -813,10 +813,14 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     from .decode import parse_model_arg, read_pool
 
     s = _settings(settings, overrides)
+    _check_settings(s)
     specs = [parse_model_arg(a) for a in models or ()]
     pool_records = [r for path in pools or () for r in read_pool(path)]
     if not specs and not pool_records:
         raise ValueError("nothing to evaluate: give models or --pool files")
+    labels = [sp.label for sp in specs] + list(dict.fromkeys(r.get("model", "model") for r in pool_records))
+    if reference is not None and reference not in labels:
+        raise ValueError(f"--reference {reference!r} is not one of the models {labels}")
     run_config, criteria, criteria_source, objective_settings = _criteria_to_evaluate(config, specs, pool_records)
     _check_before_sampling(specs, criteria, algorithms, s.m)
     out = Path(s.out)
@@ -852,6 +856,19 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
 
     write_report(report, out, plots=s.plots)
     return report
+
+
+def _check_settings(s: EvalSettings) -> None:
+    """The settings that can be wrong whatever the models: one line each, before any model loads."""
+    from .models import check_device_and_dtype
+    from .utils import check_output_dir
+
+    if not 0 < s.confidence < 1:
+        raise ValueError(f"--confidence must be in (0, 1), got {s.confidence!r}")
+    if s.bootstrap < 0:
+        raise ValueError(f"--bootstrap must be >= 0 (0: no bootstrap intervals), got {s.bootstrap}")
+    check_device_and_dtype(s.device, s.dtype)
+    check_output_dir(s.out, "--out")
 
 
 def _settings(settings, overrides) -> EvalSettings:

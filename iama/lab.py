@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .algorithms import BestOfN, MajorityVote, MajorityVoteDense, Sampling, WorstOfN, threshold_vote_slope
 from .objective import Criterion, Objective
-from .utils import atomic_write_json, save_figure
+from .utils import atomic_write_json, check_output_dir, save_figure
 
 # ---------------------------------------------------------------------------------------------------------------
 # exact quantities on a finite response set
@@ -236,7 +236,8 @@ def toy_cdf(y, n):
 
 
 def toy_objective(algorithm) -> Objective:
-    return Objective([Criterion("near0", algorithm, 0.5), Criterion("near1", algorithm, 0.5)])
+    # the lab compares estimates with exact gradients: advantages unscaled
+    return Objective([Criterion("near0", algorithm, 0.5), Criterion("near1", algorithm, 0.5)], scale_rewards="none")
 
 
 def toy_start(y, kind="bump"):
@@ -334,7 +335,7 @@ def convergence_instance(rng, n, steps, k_range=(5, 40), beta_range=(0.05, 1.0),
     r = rng.uniform(0.0, 1.0, k)
     pi_ref = rng.dirichlet(np.ones(k))
     beta = float(np.exp(rng.uniform(*np.log(beta_range))))
-    objective = Objective([Criterion("r", BestOfN(n))])
+    objective = Objective([Criterion("r", BestOfN(n))], scale_rewards="none")
     L = smoothness(n, r)
     eta = 1.0 / L
     star = mirror_descent(objective, r, eta, 1_000_000, beta, pi_ref, tol=1e-13)
@@ -479,7 +480,8 @@ def run_estimators(out_dir, quick=False) -> dict:
     g = pi * (fv - pi @ fv)
     pg_rows = {}
     for baseline in ("loo", "group_mean", "none"):
-        objective = Objective([Criterion("r", BestOfN(n))], estimator="unbiased", baseline=baseline)
+        objective = Objective([Criterion("r", BestOfN(n))], estimator="unbiased", baseline=baseline,
+                              scale_rewards="none")  # the policy gradient itself, to compare with the exact one
         row = {"relative_bias": [], "relative_noise": [], "shrink": [], "variance": [], "relative_mse": []}
         for m in tqdm(ms, desc=f"policy gradient, {baseline}", leave=False):
             est = _policy_gradients(objective, pi, r, int(m), reps_pg, rng)
@@ -832,6 +834,7 @@ def run_lab(experiment: str, out_dir, quick: bool = False) -> dict:
         return {name: run_lab(name, out_dir, quick) for name in EXPERIMENTS}
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; choose one of {', '.join(EXPERIMENTS)} or 'all'")
+    check_output_dir(out_dir, "--out")  # before the experiment runs, not when it writes
     result = EXPERIMENTS[experiment](out_dir, quick)
     tqdm.write(_summary(result))
     return result

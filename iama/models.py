@@ -128,6 +128,26 @@ def check_model(name_or_path) -> None:
         check_pretrained(name, "model", f", not a built-in ({', '.join(BUILTINS)})")
 
 
+def check_device_and_dtype(device=None, dtype=None) -> None:
+    """A device this machine has and a dtype torch knows, as `--device` and `--dtype` give them: one line
+    (ValueError) otherwise, before any model loads."""
+    import torch
+
+    if dtype is not None and dtype != "auto" and not isinstance(dtype, torch.dtype) and \
+            not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise ValueError(f"--dtype {dtype!r} is not a torch dtype (e.g. float32, bfloat16, float16, auto)")
+    if device is None:
+        return
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
+    if kind.type == "cuda" and (kind.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine")
+
+
 def load_model(name_or_path, dtype=None, cache_dir=None):
     """(model, tokenizer) ready for batched generation: left padding, a pad token on both. dtype: a torch
     dtype or its name ('float32', 'bfloat16', 'auto'); None keeps the checkpoint's (fp32 for the built-ins)."""

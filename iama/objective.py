@@ -114,12 +114,13 @@ class Objective:
     estimator: 'unbiased' (U-statistics; leave-one-out for Tilted) or 'plugin' (the IAMA paper's).
     baseline:  'loo' (from the other samples only: the gradient stays unbiased and N = M still learns),
                'group_mean' (GRPO's), or 'none'.
-    scale_rewards: 'none', 'group' or 'batch': divide advantages by their root mean square in the group (or
-               batch); for `sampling` criteria that is GRPO's division by the std of the rewards.
+    scale_rewards: 'group' (the default, as in `iama train` and TRL's GRPOConfig), 'batch' or 'none': divide
+               advantages by their root mean square in the group (or batch); for `sampling` criteria that is GRPO's
+               division by the std of the rewards. 'none' keeps them unbiased estimates of the gradient.
     """
 
     def __init__(self, criteria, aggregator="sum", gamma=1.0, estimator="unbiased", baseline="loo",
-                 scale_rewards="none"):
+                 scale_rewards="group"):
         self.criteria = parse_criteria(list(criteria))
         for value, allowed, what in [(aggregator, AGGREGATORS, "aggregator"), (baseline, BASELINES, "baseline"),
                                      (estimator, ("unbiased", "plugin"), "estimator"),

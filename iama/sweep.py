@@ -166,10 +166,13 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     from .demo import train_side_by_side
     from .evaluate import evaluate
     from .trainer import completed
-    from .utils import atomic_write_text, safe_name
+    from .utils import atomic_write_text, check_bootstrap, check_output_dir, safe_name
 
     out = Path(out)
-    overrides = [*([f"model={model}"] if model else []), *([f"max_steps={steps}"] if steps else []), *overrides]
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {steps}")
+    overrides = [*([f"model={model}"] if model else []), *([f"max_steps={steps}"] if steps is not None else []),
+                 *overrides]
     base = load_config(config, overrides)
     k = len(base.criteria)
     if k < 2:
@@ -181,8 +184,7 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     need = max(c.algorithm.n or 1 for c in base.criteria)
     if m < need:
         raise ValueError(f"-M {m} samples per prompt cannot estimate N={need} of the criteria; use -M >= {need}")
-    if bootstrap < 1:
-        raise ValueError(f"--bootstrap must be at least 1, got {bootstrap}")
+    check_bootstrap(bootstrap)
     if eval_prompts < 1:
         raise ValueError(f"--eval-prompts must be at least 1, got {eval_prompts}")
     seeds = parse_seeds(seeds)
@@ -192,6 +194,7 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
         raise ValueError(f"--eval-offset {eval_offset} would evaluate on prompts the runs trained on (the first "
                          f"{trained_on}); use --eval-offset >= {trained_on}")
     offset = trained_on if eval_offset is None else eval_offset
+    check_output_dir(out, "--out")
     collect_prompts(source=base.prompts, column=base.prompt_column, split=base.prompt_split, limit=eval_prompts,
                     offset=offset)  # held out: the prompts after those trained on
     base.output_dir = str(out / "runs")

@@ -9,8 +9,10 @@ baseline (the objective), and put this process's slice in place of TRL's advanta
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -23,9 +25,12 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from .config import ConfigError, TrainConfig, build_objective, grpo_config, load_config, to_dict, validate
+from .config import (ConfigError, TrainConfig, build_objective, check_training, grpo_config, load_config, to_dict,
+                     validate)
 from .rewards import answers_method
-from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_dir
+
+logger = logging.getLogger(__name__)
 
 
 class RewardFailure(RuntimeError):
@@ -36,9 +41,14 @@ class RewardFailure(RuntimeError):
 # rewards: one TRL reward function per criterion, with the invalid-reward policy applied
 
 
-def guard_reward(fn, name: str, policy: str):
+PYTHON_DROP = 'invalid_rewards="drop"'  # how the fix is spelled in a RewardFailure: IAMATrainer's keyword ...
+CONFIG_DROP = "invalid_rewards: drop"  # ... or the config's key (`iama train`)
+
+
+def guard_reward(fn, name: str, policy: str, fix: str = PYTHON_DROP):
     """Wrap a TRL-style reward so that NaN/None/inf or an exception either stops the run naming the reward
-    ('stop') or becomes NaN for just the failing samples ('drop'; the objective drops and counts them)."""
+    ('stop', the message suggesting `fix`) or becomes NaN for just the failing samples ('drop'; the objective
+    drops and counts them). A reward's `answers` method (majority voting) stays reachable."""
 
     def call(prompts, completions, **kwargs):
         n = len(completions)
@@ -55,12 +65,20 @@ def guard_reward(fn, name: str, policy: str):
         if bad and policy == "stop":
             raise RewardFailure(
                 f"reward {name!r} returned NaN/None/inf for {len(bad)} of {n} completions "
-                f"(first: {str(completions[bad[0]])[:60]!r}); set invalid_rewards: drop to drop such samples"
+                f"(first: {str(completions[bad[0]])[:60]!r}); set {fix} to drop such samples"
             )
         return [v if math.isfinite(v) else math.nan for v in values]
 
     call.__name__ = name
+    if answers_method(fn) is not None:
+        call.answers = answers_method(fn)
     return call
+
+
+def guard_rewards(funcs, criteria, policy, fix: str = PYTHON_DROP) -> list:
+    """guard_reward for each reward function of its criterion; a reward *model* is left to TRL."""
+    return [guard_reward(f, c.name, policy, fix) if callable(f) and not hasattr(f, "config") else f
+            for f, c in zip(funcs, criteria)]
 
 
 def _one(fn, prompts, completions, kwargs, i):
@@ -82,18 +100,39 @@ def kl_controller(beta: float, kl: float, target: float, gain: float) -> float:
     return float(beta * math.exp(gain * float(np.clip((kl - target) / target, -1.0, 1.0))))
 
 
+def check_trainer_args(objective, args, target_kl, invalid_rewards, max_dropped_steps) -> None:
+    """IAMATrainer's checks that need no model, on its GRPOConfig (None: GRPOConfig's defaults, as TRL then uses):
+    config.check_training's, and the advantages' scaling, which TRL's args and the objective both name."""
+    from trl import GRPOConfig
+
+    from .config import _grpo_defaults
+
+    settings = vars(args) if isinstance(args, GRPOConfig) else _grpo_defaults()
+    check_training(objective, num_generations=settings["num_generations"], beta=settings["beta"],
+                   target_kl=target_kl, invalid_rewards=invalid_rewards, max_dropped_steps=max_dropped_steps)
+    scale = {True: "group", False: "none"}.get(settings["scale_rewards"], settings["scale_rewards"])
+    if objective.scale_rewards != scale:
+        raise ConfigError(f"the objective's scale_rewards={objective.scale_rewards!r} and args.scale_rewards="
+                          f"{scale!r} differ: set Objective(scale_rewards=...) and GRPOConfig(scale_rewards=...) alike")
+
+
 class IAMATrainer(GRPOTrainer):
     """GRPOTrainer whose advantages come from an iama `Objective`: one reward function per criterion, in order.
 
-        trainer = IAMATrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct", reward_funcs=[r1, r2],
+        trainer = IAMATrainer(model="smollm2-135m-instruct", reward_funcs=[r1, r2],
                               args=GRPOConfig(...), train_dataset=dataset,
                               objective=Objective([Criterion("a", "bon:4", 0.5), Criterion("b", "bon:4", 0.5)]))
 
-    Everything else is GRPOTrainer's (PEFT, vLLM, accelerate). What `iama train` adds is here too:
-    target_kl/kl_gain hold the KL at a target with a controller on beta (args.beta is its start);
-    invalid_rewards 'stop' or 'drop' is the policy for a reward that returns NaN/None or raises (None: leave the
-    functions as they are); metrics_csv (default OUTPUT/metrics.csv, False for none) logs every step; the model
-    card (OUTPUT/README.md, and `save_final`'s) describes the objective."""
+    Everything else is GRPOTrainer's (PEFT, vLLM, accelerate). What `iama train` adds is here too: the built-in
+    model names (tiny-gpt2, smollm2-135m-instruct); target_kl/kl_gain hold the KL at a target with a controller on
+    beta (args.beta > 0 is its start); invalid_rewards 'stop' or 'drop' is the policy for a reward that returns
+    NaN/None or raises (None: leave the functions as they are), and max_dropped_steps the number of steps in a row
+    with no sample left after which the run stops; metrics_csv (default OUTPUT/metrics.csv, False for none) logs
+    every step; the model card (OUTPUT/README.md, and `save_final`'s) describes the objective.
+
+    The objective's scale_rewards must be args.scale_rewards (both default to 'group'). This and everything else
+    that needs no model (N larger than the group, target_kl without beta) is refused here, in one line, before the
+    model loads."""
 
     _tag_names = ["trl", "grpo", "iama"]
     _name = "IAMA (non-linear GRPO)"
@@ -103,9 +142,10 @@ class IAMATrainer(GRPOTrainer):
                           "and Miyaguchi, Kohei and Suzuki, Taiji},\n  journal = {arXiv preprint arXiv:2602.01603},"
                           "\n  year    = {2026}\n}"}
 
-    def __init__(self, *args, objective, target_kl=None, kl_gain=0.1, invalid_rewards=None, metrics_csv=None,
-                 command=None, **kwargs):
-        reward_funcs = kwargs.get("reward_funcs", args[1] if len(args) > 1 else None)
+    def __init__(self, *args, objective, target_kl=None, kl_gain=0.1, invalid_rewards=None, max_dropped_steps=3,
+                 metrics_csv=None, command=None, **kwargs):
+        given = inspect.signature(GRPOTrainer.__init__).bind(self, *args, **kwargs)  # positional or keyword alike
+        reward_funcs = given.arguments.get("reward_funcs")
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
         if len(funcs) != len(objective.criteria):
             raise ValueError(f"{len(funcs)} reward functions for {len(objective.criteria)} criteria")
@@ -116,21 +156,23 @@ class IAMATrainer(GRPOTrainer):
             c = voting[0][0]
             raise ValueError(f"criterion {c.name!r} uses {c.algorithm.spec}, which votes on answers, but its reward "
                              "gives none: use a reward with an `answers(completions)` method, such as 'answer'")
+        check_trainer_args(objective, given.arguments.get("args"), target_kl, invalid_rewards, max_dropped_steps)
         if invalid_rewards is not None:
-            if invalid_rewards not in ("stop", "drop"):
-                raise ValueError(f"invalid_rewards must be 'stop', 'drop' or None, got {invalid_rewards!r}")
-            funcs = [guard_reward(f, c.name, invalid_rewards) if callable(f) and not hasattr(f, "config") else f
-                     for f, c in zip(funcs, objective.criteria)]  # a reward *model* is left to TRL
-            if "reward_funcs" in kwargs:
-                kwargs["reward_funcs"] = funcs
-            else:
-                args = (args[0], funcs, *args[2:])
-        super().__init__(*args, **kwargs)
+            given.arguments["reward_funcs"] = guard_rewards(funcs, objective.criteria, invalid_rewards)
+        model = given.arguments["model"]
+        if isinstance(model, str):
+            from .models import BUILTINS, resolve_model
+
+            if model in BUILTINS:  # as in a config: materialised in iama's cache, offline
+                given.arguments["model"] = resolve_model(model)
+        super().__init__(*given.args[1:], **given.kwargs)
         self.objective = objective
-        self.target_kl, self.kl_gain = target_kl, kl_gain
+        self.target_kl, self.kl_gain, self.max_dropped_steps = target_kl, kl_gain, max_dropped_steps
         self.command = command
-        self.model_card_base = kwargs.get("model") if isinstance(kwargs.get("model"), str) else None
+        self.model_card_base = model if isinstance(model, str) else None  # the name given, not the cache's path
         self._gathered_rewards = self._gathered_answers = None
+        self._dropped_in_a_row = self._skipped_steps = 0
+        self._skipping = False  # the micro-batch in training_step belongs to a skipped step
         if metrics_csv is not False:
             self.add_callback(CSVLogger(metrics_csv or Path(self.args.output_dir) / "metrics.csv"))
 
@@ -169,19 +211,51 @@ class IAMATrainer(GRPOTrainer):
         start = self.accelerator.process_index * local
         out["advantages"] = advantages[start : start + local].to(out["advantages"])
         metrics = self._metrics[mode]
-        for c, value in zip(self.objective.criteria, np.nanmean(est.values, axis=0) if len(est.values) else []):
+        lost = est.skipped_groups == len(est.values)  # every group lost its samples to invalid rewards
+        if mode == "train":
+            self._count_lost_step(lost)
+            out["iama_skip"] = torch.tensor(lost)  # 0-d: TRL hands it whole to each micro-batch (compute_loss)
+            metrics["iama/skipped_steps"].append(float(self._skipped_steps))
+        values = est.values[~np.isnan(est.values).all(axis=1)]  # the groups that could be estimated
+        for c, value in zip(self.objective.criteria, np.nanmean(values, axis=0) if len(values) else []):
             metrics[f"iama/{c.name}/{c.algorithm.spec}"].append(float(value))
-        metrics["iama/objective"].append(est.objective)
+        if math.isfinite(est.objective):
+            metrics["iama/objective"].append(est.objective)
         metrics["iama/dropped_samples"].append(float(est.dropped))
         metrics["iama/advantage_abs"].append(float(advantages.abs().mean()))
         metrics["iama/advantage_abs_max"].append(float(advantages.abs().max()))  # <= sqrt(M - 1) under 'group'
         metrics["beta"].append(float(self.beta))
         return out
 
+    def _count_lost_step(self, lost: bool) -> None:
+        """A step whose every sample was dropped (a scorer outage under invalid_rewards='drop') is skipped and
+        counted; max_dropped_steps of them in a row stop the run, its checkpoints kept for a resume."""
+        self._dropped_in_a_row = self._dropped_in_a_row + 1 if lost else 0
+        if not lost:
+            return
+        self._skipped_steps += 1
+        rewards = self._gathered_rewards
+        invalid = [c.name for c, column in zip(self.objective.criteria, rewards.T) if torch.isnan(column).any()]
+        what = f"every sample of step {self.state.global_step + 1} was dropped (invalid rewards of " \
+               f"{', '.join(map(repr, invalid))})"
+        if self._dropped_in_a_row >= self.max_dropped_steps:
+            raise RewardFailure(f"{what}, {self._dropped_in_a_row} steps in a row: stopping (max_dropped_steps="
+                                f"{self.max_dropped_steps}); the run resumes from its last checkpoint")
+        logger.warning(f"iama: {what}: the step trains nothing ({self._dropped_in_a_row} in a row; the run stops "
+                       f"at {self.max_dropped_steps})")
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._skipping = bool(inputs.get("iama_skip", False))
+        if self._skipping:
+            # a skipped step: a loss that reaches no weight, so that their gradients stay None and the optimizer
+            # leaves them, and its moments, as they are (no KL term either)
+            return torch.zeros((), device=self.accelerator.device, requires_grad=True)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         kl = self._metrics["train"].get("kl")
-        if self.target_kl is not None and kl:
+        if self.target_kl is not None and kl and not self._skipping:  # a skipped step measured no KL
             self.beta = kl_controller(self.beta, kl[-1], self.target_kl, self.kl_gain)
         return loss
 
@@ -202,8 +276,10 @@ class IAMATrainer(GRPOTrainer):
         rows = "\n".join(f"| {c.name} | `{r}` | `{c.algorithm.spec}` | {c.weight:g} |"
                          for c, r in zip(obj.criteria, rewards))
         estimates = self._metrics.get("train", {}).get("iama/objective") or []
-        history = [h["iama/objective"] for h in self.state.log_history if "iama/objective" in h]
-        last = history[-10:] or estimates[-10:]
+        history = [h.get("iama/objective") for h in self.state.log_history]
+        # a step without an objective (every sample dropped) logs none, or NaN
+        history = [v for v in history if isinstance(v, (int, float)) and math.isfinite(v)]
+        last = history[-10:] or [v for v in estimates if math.isfinite(v)][-10:]
         kl = (f"KL held at {self.target_kl} by a controller on beta (last beta {self.beta:.3g})"
               if self.target_kl is not None else f"beta = {self.beta:g}")
         lines = [
@@ -218,6 +294,8 @@ class IAMATrainer(GRPOTrainer):
             f"- steps: {self.state.global_step}" + (f"; objective estimate over the last {len(last)} logged steps: "
                                                     f"{float(np.mean(last)):.4g}" if last else ""),
         ]
+        if self._skipped_steps:
+            lines.append(f"- skipped steps (every sample's reward invalid, dropped): {self._skipped_steps}")
         if self.command:
             lines.append(f"- made by: `{self.command}`")
         return "\n".join(lines) + "\n"
@@ -246,7 +324,9 @@ class IAMATrainer(GRPOTrainer):
             torch.save(self._buffered_inputs, buf)
             atomic_write_bytes(folder / f"iama_buffer_{self.args.process_index}.pt", buf.getvalue())
         if self.args.should_save:
-            atomic_write_json(folder / "iama_state.json", {"beta": self.beta, "trl_step": self._step})
+            atomic_write_json(folder / "iama_state.json", {"beta": self.beta, "trl_step": self._step,
+                                                           "dropped_in_a_row": self._dropped_in_a_row,
+                                                           "skipped_steps": self._skipped_steps})
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -259,11 +339,22 @@ class IAMATrainer(GRPOTrainer):
             saved = json.loads(state.read_text())
             self.beta = saved["beta"]
             self._step = saved.get("trl_step", self._step)  # absent in checkpoints of older iama versions
+            self._dropped_in_a_row = saved.get("dropped_in_a_row", 0)
+            self._skipped_steps = saved.get("skipped_steps", 0)
         buffer = Path(checkpoint) / f"iama_buffer_{self.args.process_index}.pt"
         if buffer.is_file():  # else TRL generates afresh (its own resume behaviour)
             self._buffered_inputs = torch.load(buffer, map_location=self.accelerator.device, weights_only=True)
         # the trainer resumes in epoch floor(state.epoch) (global_step // steps per epoch), having built the sampler
         skip_epochs(getattr(self, "_train_sampler", None), int(self.state.epoch or 0))
+
+    def _issue_warnings_after_load(self, load_result):
+        # safetensors keeps a tied weight once (e.g. lm_head.weight is the input embeddings): its other name is
+        # missing from every checkpoint by design, and loads with the name that is there
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        loaded = {id(p) for name, p in params.items() if name not in load_result.missing_keys}
+        tied = {k for k in load_result.missing_keys if k in params and id(params[k]) in loaded}
+        super()._issue_warnings_after_load(
+            load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in tied]))
 
     def _get_train_sampler(self, dataset=None):
         self._train_sampler = super()._get_train_sampler(dataset)  # kept for skip_epochs when resuming
@@ -309,8 +400,8 @@ class CSVLogger(TrainerCallback):
 
 
 # where and how a run logs and saves, and what only a report reads: free to change when it resumes
-RESUME_FREE = {"output_dir", "resume", "keep_checkpoints", "sweep_reference", "trl.report_to", "trl.logging_steps",
-               "trl.logging_dir", "trl.save_steps", "trl.save_total_limit", "trl.disable_tqdm"}
+RESUME_FREE = {"output_dir", "resume", "keep_checkpoints", "max_dropped_steps", "sweep_reference", "trl.report_to",
+               "trl.logging_steps", "trl.logging_dir", "trl.save_steps", "trl.save_total_limit", "trl.disable_tqdm"}
 
 
 def changed_settings(output_dir, cfg: TrainConfig) -> list[str]:
@@ -368,10 +459,11 @@ def save_final(trainer, final, cfg: TrainConfig | None = None) -> Path:
     final = Path(final)
     if not trainer.accelerator.is_main_process:
         return final
+    check_final_dir(final)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    tmp = final.with_name(".final.tmp")
+    tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     trainer.processing_class.save_pretrained(tmp)
@@ -381,12 +473,22 @@ def save_final(trainer, final, cfg: TrainConfig | None = None) -> Path:
     (tmp / "README.md").write_text(header + trainer.model_card_section())
     if cfg is not None:
         (tmp / "iama_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    old = final.with_name(".final.old")
+    old = final.with_name(f".{final.name}.old")
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def check_final_dir(final: Path) -> None:
+    """save_final replaces a model it saved before, and nothing else: a file there, or a folder that holds other
+    things than a saved model, is one line (ValueError), before anything is written or moved."""
+    check_output_dir(final, "the final model's folder")
+    saved = any((final / name).is_file() for name in ("config.json", "iama_config.yaml"))
+    if final.is_dir() and any(final.iterdir()) and not saved:
+        raise ValueError(f"the final model's folder {str(final)!r} holds files but no saved model; save_final "
+                         "replaces only a model it saved: give another folder")
 
 
 def build_trainer(cfg: TrainConfig, callbacks=(), command=None):
@@ -413,33 +515,24 @@ def build_trainer(cfg: TrainConfig, callbacks=(), command=None):
     for fn in rewards:
         if isinstance(fn, Answer):  # its reference answers come from a column of the prompts
             require_column(prompts, fn.column, cfg.prompts)
+    objective = build_objective(cfg)
     trainer = IAMATrainer(
-        model=model_path, reward_funcs=rewards, args=grpo_config(cfg),
-        train_dataset=prompt_dataset(prompts, tokenizer), processing_class=tokenizer, peft_config=peft_config,
-        objective=build_objective(cfg), target_kl=cfg.target_kl, kl_gain=cfg.kl_gain, callbacks=list(callbacks),
-        invalid_rewards=cfg.invalid_rewards, command=command,
+        model=model_path, reward_funcs=guard_rewards(rewards, objective.criteria, cfg.invalid_rewards, CONFIG_DROP),
+        args=grpo_config(cfg), train_dataset=prompt_dataset(prompts, tokenizer), processing_class=tokenizer,
+        peft_config=peft_config, objective=objective, target_kl=cfg.target_kl, kl_gain=cfg.kl_gain,
+        max_dropped_steps=cfg.max_dropped_steps, callbacks=list(callbacks), command=command,
     )
     trainer.model_card_base = cfg.model  # the name the user gave, not the local cache it resolved to
     return trainer, tokenizer
-
-
-def check_output_dir(out: Path) -> None:
-    """output_dir must be a folder or creatable as one: an existing file there (or in place of a parent folder)
-    is a ConfigError, one line before any model loads, rather than a FileExistsError from mkdir."""
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                what = "is" if path == out else f"is inside {str(path)!r}, which is"
-                raise ConfigError(f"output_dir {str(out)!r} {what} an existing file, not a folder")
-            return
 
 
 def completed(cfg: TrainConfig) -> Path | None:
     """OUTPUT/final when the run of `cfg` has finished, else None; a run of other settings in OUTPUT is an error."""
     validate(cfg)
     out = Path(cfg.output_dir)
-    check_output_dir(out)
+    check_output_dir(out, "output_dir")  # a file there, or no permission: one line, before any model loads
     final = out / "final"
+    check_final_dir(final)
     if not cfg.resume:
         return None
     if (final / "iama_config.yaml").is_file() or last_checkpoint(out):

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic writes (nothing half-written survives a crash) and a description of the machine."""
+"""Small shared helpers: checks of output paths before any work, atomic writes (nothing half-written survives a
+crash) and a description of the machine."""
 
 from __future__ import annotations
 
@@ -7,15 +8,59 @@ import math
 import os
 import platform
 import re
-import tempfile
+import secrets
 from pathlib import Path
 
 
+def check_output_dir(path, what: str = "output folder") -> Path:
+    """`path` as a folder that can be written, or one line (ValueError) naming `what`: it, or the nearest of its
+    parents that exists, must be a folder with write permission. Called before any model loads, so that no work
+    is lost to an output path that cannot take it."""
+    if path is None or not str(path).strip():
+        raise ValueError(f"{what} is empty: give a folder")
+    path = Path(path).expanduser()
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "is" if existing == path else f"is inside {str(existing)!r}, which is"
+                raise ValueError(f"{what} {str(path)!r} {where} an existing file, not a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                where = "" if existing == path else f" (its parent {str(existing)!r})"
+                raise ValueError(f"{what} {str(path)!r} cannot be written: no write permission on the folder{where}")
+            return path
+    return path
+
+
+def check_output_file(path, what: str = "output file") -> Path:
+    """`path` as a file that can be written (atomically: a new file in its folder, renamed over it), or one line
+    (ValueError) naming `what`."""
+    if path is None or not str(path).strip():
+        raise ValueError(f"{what} is empty: give a file")
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a folder, not a file")
+    try:
+        check_output_dir(path.parent, "its folder")
+    except ValueError as e:
+        raise ValueError(f"{what} {str(path)!r}: {e}") from None
+    return path
+
+
+def check_bootstrap(resamples: int, confidence: float = 0.95) -> None:
+    """Enough bootstrap resamples for a percentile interval at `confidence`: each tail needs one, so at least
+    2 / (1 - confidence) (40 at 95%); fewer give intervals of zero width or none. One line (ValueError)."""
+    need = math.ceil(2 / (1 - confidence) - 1e-9)
+    if resamples < need:
+        raise ValueError(f"--bootstrap {resamples} is too few for {confidence:.0%} intervals: each tail needs a "
+                         f"resample, so at least {need}")
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write to a temporary file beside `path`, then rename it over `path` (atomic on POSIX)."""
+    """Write to a temporary file beside `path`, then rename it over `path` (atomic on POSIX). The file gets the
+    mode an ordinary write would (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -27,6 +72,17 @@ def atomic_write_bytes(path, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _new_file(path: Path) -> tuple[int, str]:
+    """A new, uniquely named file beside `path`, created with mode 0666 for the umask to restrict."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write_text(path, text: str) -> Path:

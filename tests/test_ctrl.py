@@ -476,3 +476,37 @@ def test_ctrl_plan_writes_plot_and_numbers(tmp_path):
     for name, curve in saved["curves"].items():  # nothing beats the optimal curve
         assert all(w is None or w <= o + 1e-9 for w, o in zip(curve["win_rate"], opt)), name
     assert ctrl_plan("won:2", 0.3, tmp_path / "won")["family"] == "negexp"
+
+
+def test_ctrl_plan_prints_the_plan_and_warns_at_the_grids_edge(tmp_path, capsys):
+    from iama.cli import main
+
+    assert main(["ctrl-plan", "--algorithm", "bon:4", "--kl", "0.5", "--out", str(tmp_path / "bon")]) == 0
+    saved = json.loads((tmp_path / "bon" / "ctrl_plan.json").read_text())
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == [
+        f"InfAlign-CTRL plan for bon:4 at KL 0.5: transform {saved['best_transform']}, beta "
+        f"{saved['best_beta']:.4g} (KL reached 0.5)",
+        f"win rate over the reference under bon:4: {saved['best_win_rate']:.4f} (the optimal transform's: "
+        f"{saved['optimal']['win_rate']:.4f})",
+        f"plan: {tmp_path / 'bon'}/ctrl_plan.json, plot: {tmp_path / 'bon'}/ctrl_plan.png"]
+    assert printed.err == "" and not saved["at_grid_edge"]
+    assert main(["ctrl-plan", "--algorithm", "sampling", "--kl", "0.3", "--out", str(tmp_path / "sampling")]) == 0
+    assert capsys.readouterr().err == ("iama: warning: the best exp:t is at the edge of its grid (0.1 to 500): a t "
+                                       "beyond it, or another --family, may win more\n")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_outputs_take_the_umasks_mode(tmp_path, umask, mode):
+    """Written atomically, yet readable as an ordinary write would leave them (not a temporary file's 0600)."""
+    import os
+
+    from iama.cli import main
+
+    old = os.umask(umask)
+    try:
+        assert main(["ctrl-plan", "--algorithm", "bon:2", "--out", str(tmp_path)]) == 0
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"ctrl_plan.json": mode,
+                                                                               "ctrl_plan.png": mode}

@@ -33,3 +33,21 @@ def test_trl_script_trains_with_lora_and_writes_a_model_card(tiny_gpt2_dir, tmp_
     assert f"base_model: {tiny_gpt2_dir}" in card
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) >= 3 and "iama/objective" in rows[0]  # the CSV log comes with the trainer
+
+
+def test_the_readmes_python_blocks_run_as_written(tiny_gpt2_dir, tmp_path):
+    """The ```python blocks of README.md in order, in one fresh interpreter, as a reader pastes them into one
+    session; the TRL one on the tiny built-in model for two steps instead of SmolLM2 for forty."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    trl = [i for i, b in enumerate(blocks) if "IAMATrainer(" in b]
+    assert len(blocks) >= 3 and len(trl) == 1
+    assert '"smollm2-135m-instruct"' in blocks[trl[0]] and "max_steps=40" in blocks[trl[0]]
+    blocks[trl[0]] = blocks[trl[0]].replace('"smollm2-135m-instruct"', '"tiny-gpt2"').replace("max_steps=40",
+                                                                                             "max_steps=2")
+    result = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, env=ENV, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = (tmp_path / "runs" / "x" / "final" / "README.md").read_text()
+    assert "base_model: tiny-gpt2" in card and "scale_rewards=group" in card and "- steps: 2" in card

@@ -126,14 +126,14 @@ def test_importance_weighted_estimate_is_unbiased_and_average_is_exact_for_sampl
     k = 5
     r = rng.uniform(size=(k, 1))
     pi = rng.dirichlet(np.ones(k) * 3)
-    obj = Objective([Criterion("r", BestOfN(3))])
+    obj = Objective([Criterion("r", BestOfN(3))], scale_rewards="none")
     est = estimate_first_variation(obj, pi, r, group_size=6, groups=100_000, weighting="importance", rng=rng)
     exact = first_variation(obj, pi, r)
     # only defined up to a constant: compare centred under pi
     np.testing.assert_allclose(est - pi @ est, exact - pi @ exact, atol=0.03)
     # Sampling: each s_j is r(y_j) itself, so the per-response average is exact where drawn, and responses
     # not drawn get the mean of the draws
-    lin = Objective([Criterion("r", Sampling())])
+    lin = Objective([Criterion("r", Sampling())], scale_rewards="none")
     avg = estimate_first_variation(lin, pi, r, group_size=4, groups=1, rng=7)
     idx = sample(pi, (1, 4), np.random.default_rng(7))  # the same draws
     drawn = np.isin(np.arange(k), idx)
@@ -149,7 +149,7 @@ def test_group_mean_baseline_shrinks_the_policy_gradient_by_1_minus_n_over_m():
     g = pi * (fv - pi @ fv)
     for m in (4, 8):
         for baseline, shrink in [("group_mean", 1 - n / m), ("loo", 1.0)]:
-            obj = Objective([Criterion("r", BestOfN(n))], baseline=baseline)
+            obj = Objective([Criterion("r", BestOfN(n))], baseline=baseline, scale_rewards="none")
             est = _policy_gradients(obj, pi, r, m, 20_000, rng)
             assert est.mean(0) @ g / (g @ g) == pytest.approx(shrink, abs=0.03)
 

@@ -149,7 +149,7 @@ def test_pass_at_k_is_best_of_k_on_a_zero_one_reward():
 def test_the_objective_passes_answers_to_voting_criteria_only():
     from iama.objective import Criterion, Objective
 
-    obj = Objective([Criterion("vote", "maj:3"), Criterion("pass", "bon:2")], baseline="loo")
+    obj = Objective([Criterion("vote", "maj:3"), Criterion("pass", "bon:2")], baseline="loo", scale_rewards="none")
     r = np.array([[[1, 1], [0, 0], [0, 0], [1, 1]], [[0, 0], [1, 1], [1, 1], [0, 0]]], dtype=float)  # (G, M, m)
     answers = [["7", "8", "8", "7"], ["9", "3", "3", None]]
     est = obj(r, answers=answers)

@@ -17,7 +17,8 @@ def softmax(x):
 def test_all_sampling_with_group_mean_is_grpo():
     """sum of Sampling criteria + group_mean baseline = GRPO's centred weighted reward (TRL's formula)."""
     w = torch.tensor([0.3, 0.7])
-    obj = Objective([Criterion("a", "sampling", 0.3), Criterion("b", "sampling", 0.7)], baseline="group_mean")
+    obj = Objective([Criterion("a", "sampling", 0.3), Criterion("b", "sampling", 0.7)], baseline="group_mean",
+                    scale_rewards="none")
     r = torch.randn(5, 6, 2)
     weighted = (r * w).sum(-1)
     centred = weighted - weighted.mean(1, keepdim=True)
@@ -32,8 +33,8 @@ def test_all_sampling_with_group_mean_is_grpo():
 
 def test_n_equal_m_still_learns_with_loo_but_not_with_group_mean():
     r = np.array([[[1.0], [4.0], [2.0], [3.0]]])
-    loo = Objective([Criterion("x", "bon:4")])(r).advantages
-    mean = Objective([Criterion("x", "bon:4")], baseline="group_mean")(r).advantages
+    loo = Objective([Criterion("x", "bon:4")], scale_rewards="none")(r).advantages
+    mean = Objective([Criterion("x", "bon:4")], baseline="group_mean", scale_rewards="none")(r).advantages
     np.testing.assert_allclose(loo, [[0, 4.0, 0, 0]])
     np.testing.assert_allclose(mean, 0.0)  # every s_j = N max: the group mean cancels the signal
 
@@ -59,7 +60,7 @@ def test_policy_gradient_is_unbiased(alg, baseline):
     theta = np.array([0.3, -0.5, 0.1])
     rewards = np.array([[0.2], [1.0], [-0.4]])
     m = 4
-    obj = Objective([Criterion("x", alg)], baseline=baseline)
+    obj = Objective([Criterion("x", alg)], baseline=baseline, scale_rewards="none")
     g = expected_gradient(obj, theta, rewards, m)
     truth = exact_gradient(lambda t: alg.value(softmax(t), rewards[:, 0]), theta)
     np.testing.assert_allclose(g, truth, atol=1e-8)
@@ -69,7 +70,7 @@ def test_group_mean_baseline_biases_the_gradient():
     theta = np.array([0.3, -0.5, 0.1])
     rewards = np.array([[0.2], [1.0], [-0.4]])
     alg = BestOfN(3)
-    obj = Objective([Criterion("x", alg)], baseline="group_mean")
+    obj = Objective([Criterion("x", alg)], baseline="group_mean", scale_rewards="none")
     g = expected_gradient(obj, theta, rewards, 4)
     truth = exact_gradient(lambda t: alg.value(softmax(t), rewards[:, 0]), theta)
     assert np.abs(g - truth).max() > 1e-3
@@ -79,7 +80,7 @@ def test_weighted_sum_gradient_over_two_criteria():
     theta = np.array([0.3, -0.5, 0.1, 0.8])
     rewards = np.array([[0.2, 1.0], [1.0, -1.0], [-0.4, 0.3], [0.0, 0.5]])
     crit = [Criterion("a", "bon:2", 0.25), Criterion("b", "won:3", 0.75)]
-    obj = Objective(crit)
+    obj = Objective(crit, scale_rewards="none")
 
     def value(t):
         pi = softmax(t)
@@ -125,7 +126,7 @@ def test_values_are_per_group_estimates():
 def test_nan_samples_are_dropped_and_counted():
     r = np.random.default_rng(2).normal(size=(2, 6, 2))
     r[0, 3, 1] = np.nan
-    obj = Objective([Criterion("a", "bon:2"), Criterion("b", "won:2")])
+    obj = Objective([Criterion("a", "bon:2"), Criterion("b", "won:2")], scale_rewards="none")
     out = obj(r)
     assert out.dropped == 1 and out.skipped_groups == 0
     assert out.advantages[0, 3] == 0

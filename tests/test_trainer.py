@@ -281,9 +281,15 @@ def test_lora_is_merged_into_final(tmp_path):
     ("frobnicate=1", "unknown config key"),
     ("aggregator=max", "unknown aggregator"),
     ("scale_rewards=std", "unknown scale_rewards"),
-    ("learning_rate=fast", "GRPOConfig field learning_rate must be a float"),
-    ("max_steps=ten", "max_steps must be a int"),
+    ("learning_rate=fast", "GRPOConfig field learning_rate must be a number, got 'fast'"),
+    ("max_steps=ten", "max_steps must be an integer, got 'ten'"),
     ("per_device_train_batch_size=12", "GRPOConfig refused"),
+    ("temperature=-1", "temperature must be > 0 (sampling), got -1"),
+    ("learning_rate=-1e-4", "learning_rate must be >= 0, got -0.0001"),
+    ("max_completion_length=0", "max_completion_length (tokens per completion) must be at least 1, got 0"),
+    ("report_to=tensorbord", "report_to: unknown integration 'tensorbord'; choose from none, all, "),
+    ("criteria.0={name: a", "override 'criteria.0={name: a': the value is not valid YAML"),
+    ("max_dropped_steps=0", "max_dropped_steps must be an integer >= 1, got 0"),
 ])
 def test_bad_config_stops_with_one_line_before_loading_a_model(override, message, monkeypatch, capsys, tmp_path):
     import iama.models
@@ -375,6 +381,159 @@ def test_invalid_rewards_stop_or_drop(tmp_path, monkeypatch, capsys):
     assert main(["train", str(TINY), *common, "invalid_rewards=drop", f"output_dir={tmp_path / 'drop'}"]) == 0
     rows = [r for r in read_metrics(tmp_path / "drop" / "metrics.csv") if r.get("loss")]
     assert float(rows[0]["iama/dropped_samples"]) > 0
+
+
+def always_none(prompts, completions, **kwargs):
+    """A scorer that is down: every sample's reward is missing."""
+    return [None] * len(completions)
+
+
+def test_a_step_with_every_sample_dropped_trains_nothing_and_is_counted(tmp_path, caplog, monkeypatch):
+    """Under invalid_rewards=drop a step whose every sample is dropped is skipped, warned of and counted; with no
+    step left to estimate an objective, the model card is still written, and the weights are the untrained ones."""
+    from safetensors.torch import load_file
+
+    from iama.models import resolve_model
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out = tmp_path / "run"
+    assert main(["train", str(TINY), f"criteria.1.reward={__name__}:always_none", "invalid_rewards=drop",
+                 "max_steps=2", "save_steps=1", "beta=0.05", "max_prompts=16", "per_device_train_batch_size=16",
+                 "report_to=none", f"output_dir={out}"]) == 0
+    assert "every sample of step 1 was dropped (invalid rewards of 'long'): the step trains nothing" in caplog.text
+    trained, untrained = load_file(out / "final" / "model.safetensors"), \
+        load_file(Path(resolve_model("tiny-gpt2")) / "model.safetensors")
+    assert all(torch.equal(trained[k], untrained[k]) for k in untrained)
+    rows = [r for r in read_metrics(out / "metrics.csv") if r.get("loss")]
+    assert [float(r["iama/skipped_steps"]) for r in rows] == [1.0, 2.0]
+    assert "skipped steps (every sample's reward invalid, dropped): 2" in (out / "final" / "README.md").read_text()
+
+
+CALLS = []
+
+
+def down_after_one_call(prompts, completions, **kwargs):
+    """length:24:32 once, then a scorer that is down."""
+    CALLS.append(len(completions))
+    return [-(((len(ids) - 24) / 32) ** 2) if len(CALLS) == 1 else None for ids in kwargs["completion_ids"]]
+
+
+def test_a_skipped_step_changes_neither_the_weights_nor_the_kl_controller(tmp_path, monkeypatch):
+    """After a step that trained, a step with every sample dropped: the weights stay bit for bit (the optimizer's
+    momentum would move them), and beta stays where step 1's KL put it."""
+    from safetensors.torch import load_file
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    CALLS.clear()
+    out = tmp_path / "run"
+    assert main(["train", str(TINY), f"criteria.1.reward={__name__}:down_after_one_call", "invalid_rewards=drop",
+                 "beta=0.05", "target_kl=10.0", "max_steps=2", "save_steps=1", "keep_checkpoints=true",
+                 "logging_steps=2",  # step 1's KL is still in the log's window at step 2
+                 "max_prompts=16", "per_device_train_batch_size=16", "report_to=none", f"output_dir={out}"]) == 0
+    weights = [load_file(out / f"checkpoint-{i}" / "model.safetensors") for i in (1, 2)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    beta = [json.loads((out / f"checkpoint-{i}" / "iama_state.json").read_text())["beta"] for i in (1, 2)]
+    assert beta[0] < 0.05 and beta[1] == beta[0]
+
+
+def test_dropped_steps_in_a_row_stop_the_run_with_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out = tmp_path / "run"
+    assert main(["train", str(TINY), f"criteria.1.reward={__name__}:always_none", "invalid_rewards=drop",
+                 "max_dropped_steps=2", "max_steps=4", "save_steps=1", "max_prompts=16",
+                 "per_device_train_batch_size=16", "report_to=none", f"output_dir={out}"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("iama: error:")]
+    assert err == ["iama: error: every sample of step 2 was dropped (invalid rewards of 'long'), 2 steps in a row: "
+                   "stopping (max_dropped_steps=2); the run resumes from its last checkpoint"]
+    assert last_checkpoint(out) == str(out / "checkpoint-1") and not (out / "final").exists()
+    assert json.loads((out / "checkpoint-1" / "iama_state.json").read_text())["dropped_in_a_row"] == 1
+
+
+def test_the_python_objective_trains_as_iama_train_does():
+    """Objective's defaults are the config's: the same criteria give the same advantages either way."""
+    from iama.config import build_objective
+    from iama.objective import Objective
+
+    cfg = load_config(TINY)
+    rewards = np.random.default_rng(0).normal(size=(4, 8, 2))
+    np.testing.assert_array_equal(Objective(cfg.criteria)(rewards).advantages,
+                                  build_objective(cfg)(rewards).advantages)
+
+
+@pytest.mark.parametrize("objective, args, kwargs, message", [
+    ({"scale_rewards": "none"}, {}, {}, "the objective's scale_rewards='none' and args.scale_rewards='group' differ"),
+    ({}, {"scale_rewards": "batch"}, {}, "the objective's scale_rewards='group' and args.scale_rewards='batch' differ"),
+    ({}, {}, {"target_kl": 0.1}, "target_kl needs target_kl > 0 and an initial beta > 0"),
+    ({"algorithm": "bon:16"}, {}, {}, "num_generations=8 is smaller than N=16 of the largest algorithm"),
+    ({}, {}, {"invalid_rewards": "skip"}, "invalid_rewards must be 'stop' or 'drop', got 'skip'"),
+    ({}, {}, {"max_dropped_steps": 0}, "max_dropped_steps must be an integer >= 1, got 0"),
+])
+def test_the_trainer_refuses_at_construction_before_loading_a_model(objective, args, kwargs, message, tmp_path,
+                                                                     monkeypatch):
+    import iama.models
+    from iama import IAMATrainer
+    from iama.objective import Criterion, Objective
+
+    monkeypatch.setattr(iama.models, "resolve_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    algorithm = objective.pop("algorithm", "bon:4")
+    with pytest.raises(ValueError) as e:
+        IAMATrainer(model="tiny-gpt2", reward_funcs=[flaky], train_dataset=None,
+                    args=GRPOConfig(output_dir=str(tmp_path), use_cpu=True, **args),
+                    objective=Objective([Criterion("a", algorithm)], **objective), **kwargs)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_reward_failure_names_the_fix_in_the_callers_spelling():
+    from iama.trainer import CONFIG_DROP
+
+    with pytest.raises(RewardFailure, match='set invalid_rewards="drop" to drop such samples'):
+        guard_reward(flaky, "f", "stop")([""] * 6, ["a"] * 6)  # IAMATrainer's keyword
+    with pytest.raises(RewardFailure, match="set invalid_rewards: drop to drop such samples"):
+        guard_reward(flaky, "f", "stop", CONFIG_DROP)([""] * 6, ["a"] * 6)  # the config's key
+
+
+def test_save_final_refuses_a_file_or_a_folder_that_is_no_model_and_moves_nothing(tmp_path):
+    from iama.trainer import save_final
+
+    trainer, _ = build_trainer(tiny_cfg(tmp_path, "report_to=none"))
+    taken = tmp_path / "taken"
+    taken.write_bytes(b"a user's file")
+    with pytest.raises(ValueError, match="is an existing file, not a folder"):
+        save_final(trainer, taken)
+    assert taken.read_bytes() == b"a user's file"
+    (tmp_path / "run").mkdir(exist_ok=True)  # where the trainer logs
+    (tmp_path / "run" / "metrics.csv").write_bytes(b"step\n1\n")
+    with pytest.raises(ValueError, match="holds files but no saved model"):
+        save_final(trainer, tmp_path / "run")  # the run's own folder
+    assert (tmp_path / "run" / "metrics.csv").read_bytes() == b"step\n1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "taken"]  # nothing moved aside
+    assert save_final(trainer, tmp_path / "final") == tmp_path / "final"
+    assert save_final(trainer, tmp_path / "final") == tmp_path / "final"  # a model it saved is replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "run", "taken"]
+
+
+def test_a_final_folder_that_is_a_file_stops_iama_train_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    import iama.trainer
+
+    monkeypatch.setattr(iama.trainer, "build_trainer", lambda *a, **k: pytest.fail("a model was loaded"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "final").write_bytes(b"notes")
+    assert main(["train", str(TINY), f"output_dir={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"iama: error: the final model's folder '{tmp_path / 'run' / 'final'}' is an existing file, not a folder"]
+    assert (tmp_path / "run" / "final").read_bytes() == b"notes"
+
+
+def test_resuming_a_tied_model_does_not_warn_of_a_missing_weight(tmp_path, capfd):
+    """tiny-gpt2 ties lm_head to the input embeddings; safetensors stores them once, and that is no news."""
+    cfg = tiny_cfg(tmp_path, "save_steps=1", "keep_checkpoints=true", "report_to=none")
+    trainer, _ = build_trainer(cfg)
+    trainer.train()
+    capfd.readouterr()
+    trainer, _ = build_trainer(cfg)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1"))
+    err = capfd.readouterr().err
+    assert "missing keys" not in err and "lm_head" not in err
 
 
 def test_kl_controller():

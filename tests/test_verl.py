@@ -349,7 +349,8 @@ def test_dispatcher_matches_objective(case, baseline, estimator, base_algorithm)
     config = copy.deepcopy(base_algorithm)
     config.update({"adv_estimator": name, "norm_adv_by_std_in_grpo": False, "iama_estimator": estimator,
                    "iama_baseline": baseline, **keys})
-    objective = Objective([Criterion("reward", algorithm)], estimator=estimator, baseline=baseline)
+    objective = Objective([Criterion("reward", algorithm)], estimator=estimator, baseline=baseline,
+                          scale_rewards="none")
     expected = objective(np.stack(_rounded(groups, np.float32))).advantages
     for shuffle in (False, True):
         data, rows, mask, _ = _batch(groups, rng, shuffle)
@@ -376,7 +377,8 @@ def test_dispatcher_matches_objective_with_scaling(scale, dtype, base_algorithm)
     _check(compute_advantage(data, adv_estimator="iama_bon", config=config).batch["advantages"], expected, rows, mask)
     if scale is None:  # verl's switch off: no scaling
         config.norm_adv_by_std_in_grpo = False
-        expected = Objective([Criterion("reward", BestOfN(4))])(np.stack(_rounded(groups, getattr(np, dtype))))
+        unscaled = Objective([Criterion("reward", BestOfN(4))], scale_rewards="none")
+        expected = unscaled(np.stack(_rounded(groups, getattr(np, dtype))))
         advantages = compute_advantage(data, adv_estimator="iama_bon", config=config).batch["advantages"]
         _check(advantages, expected.advantages, rows, mask)
 
@@ -416,7 +418,7 @@ def test_groups_of_different_sizes(base_algorithm):
     groups = _groups(rng, [8, 5, 8, 4, 1])
     config = copy.deepcopy(base_algorithm)
     config.update({"adv_estimator": "iama_bon", "iama_n": 4, "norm_adv_by_std_in_grpo": False})
-    objective = Objective([Criterion("reward", BestOfN(4))])
+    objective = Objective([Criterion("reward", BestOfN(4))], scale_rewards="none")
     expected = [objective(g[None]).advantages[0] if len(g) >= objective.min_group_size() else np.zeros(len(g))
                 for g in _rounded(groups, np.float32)]
     data, rows, mask, _ = _batch(groups, rng, shuffle=True)
@@ -435,7 +437,7 @@ def test_several_criteria_on_verl_reward(aggregator, base_algorithm):
     config = copy.deepcopy(base_algorithm)
     config.update({"adv_estimator": "iama", "iama_criteria": criteria, "iama_aggregator": aggregator,
                    "iama_gamma": 2.0, "norm_adv_by_std_in_grpo": False})
-    objective = Objective([Criterion(**c) for c in criteria], aggregator=aggregator, gamma=2.0)
+    objective = Objective([Criterion(**c) for c in criteria], aggregator=aggregator, gamma=2.0, scale_rewards="none")
     both = np.stack([np.repeat(g, 2, axis=1) for g in _rounded(groups, np.float32)])
     expected = objective(both).advantages
     data, rows, mask, _ = _batch(groups, rng, shuffle=True)
@@ -448,7 +450,7 @@ def _per_criterion_config(base, aggregator):
                    "iama_criteria": [{"name": "helpful", "algorithm": "bon:4", "weight": 0.5, "key": "crit1"},
                                      {"name": "harmless", "algorithm": "won:4", "weight": 0.5, "key": "crit2"}]})
     objective = Objective([Criterion("helpful", "bon:4", 0.5), Criterion("harmless", "won:4", 0.5)],
-                          aggregator=aggregator)
+                          aggregator=aggregator, scale_rewards="none")
     return config, objective
 
 
