@@ -819,7 +819,8 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     if not specs and not pool_records:
         raise ValueError("nothing to evaluate: give models or --pool files")
     labels = [sp.label for sp in specs] + list(dict.fromkeys(r.get("model", "model") for r in pool_records))
-    if reference is not None and reference not in labels:
+    methods = seed_groups(labels)  # METHOD@SEED labels: a method may be the reference
+    if reference is not None and reference not in labels and reference not in methods:
         raise ValueError(f"--reference {reference!r} is not one of the models {labels}")
     run_config, criteria, criteria_source, objective_settings = _criteria_to_evaluate(config, specs, pool_records)
     _check_before_sampling(specs, criteria, algorithms, s.m)
@@ -828,13 +829,13 @@ def evaluate(models=(), *, pools=(), config=None, reference: str | None = None, 
     if specs:
         prompt_list, generation, all_pools = _sample_pools(specs, run_config, criteria, objective_settings, s)
     all_pools += _pools_from_files(pool_records, criteria, taken={p.label for p in all_pools})
-    aligned, alignment = align_pools(all_pools, reference)
+    aligned, alignment = align_pools(all_pools, methods.get(reference, [reference])[0] if reference else None)
     report = estimate(aligned, criteria, aggregator=objective_settings.get("aggregator", "sum"),
                       gamma=float(objective_settings.get("gamma", 1.0)), reference=reference,
                       algorithms=algorithms or (), confidence=s.confidence, bootstrap=s.bootstrap, seed=s.seed)
     report["kl"] = None
     if s.kl and specs:
-        report["kl"] = kl_to_reference(aligned, specs, report["reference"], generation, dtype=s.dtype,
+        report["kl"] = kl_to_reference(aligned, specs, report["reference_model"], generation, dtype=s.dtype,
                                        device=s.device, confidence=s.confidence, progress=s.progress,
                                        cache=out / "kl.json")
     from . import __version__
