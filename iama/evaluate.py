@@ -329,7 +329,7 @@ def estimate(pools: list[Pool], criteria, *, aggregator: str = "sum", gamma: flo
     # a 0/1 reward under best-of-k is pass@k
     binary = {n: all(np.isin(p.rewards[:, :, i], (0.0, 1.0)).all() for p in pools) for i, n in enumerate(names)}
     bounds = {c.name: criterion_bounds(c, binary[c.name]) for c in criteria}
-    objective = Objective(criteria, aggregator=aggregator, gamma=gamma)
+    objective = Objective(criteria, aggregator=aggregator, gamma=gamma, scale_rewards="none")  # g alone: no training
     obj_bounds = objective_bounds(objective, [bounds[n] for n in names])
     P = len(pools[0].prompts)
     boot = bootstrap_weights(P, bootstrap, seed) if bootstrap and P > 1 else None

@@ -360,7 +360,7 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
     per_weight = []
     for w in dict.fromkeys(p.weights for p in points):
         objective = Objective([Criterion(c.name, c.algorithm, v) for c, v in zip(criteria, w)],
-                              aggregator=base.aggregator, gamma=base.gamma)
+                              aggregator=base.aggregator, gamma=base.gamma, scale_rewards="none")
         obj_bounds = objective_bounds(objective, bounds)
         entry = {"weights": list(w), "values": {}, "difference": None}
         runs = {"untrained": ["untrained"], **{method: [p.label for p in points if p.method == method and
