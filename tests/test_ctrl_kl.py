@@ -78,7 +78,7 @@ def test_contrast_interval_widens_when_seeds_disagree():
     assert a["mean"] == pytest.approx(d["mean"])
     assert d["ci_high"] - d["ci_low"] > 3 * (a["ci_high"] - a["ci_low"])
     one = ctrl.contrasts(agree, "transformed", "raw", [0.05], [0], boot)  # one seed: prompts only
-    assert one["interval"] == "prompts only (one seed)"
+    assert one["interval"] == "prompts only, one seed"
 
 
 def test_targets_not_held_are_marked_and_averaged_apart():
@@ -171,7 +171,8 @@ def test_analyse_reads_pools_kl_and_logs_into_rows_contrasts_report_and_plot(tmp
     out, task, prompts = tmp_path / "out", "sentiment", [f"p{i}" for i in range(12)]
     design = {"tasks": [task], "rewards": ["raw", "transformed"], "targets": [0.05, 0.1], "seeds": [0, 1],
               "pilot": False, "model": "m", "prompts": "builtin", "steps": 8, "learning_rate": 1e-4,
-              "kl_gain": 0.1, "max_completion_length": 32, "eval_prompts": 12, "eval_offset": 64, "m": 4}
+              "kl_gain": 0.1, "max_completion_length": 32, "eval_prompts": 12, "eval_offset": 64, "m": 4,
+              "beta_scale": 0.5}
     rng = np.random.default_rng(5)
     ref = rng.uniform(0, 1, (12, 4))
     lines, kl = [_pool_line("reference", p, r, task) for p, r in zip(prompts, ref)], {}
@@ -214,6 +215,15 @@ def test_analyse_reads_pools_kl_and_logs_into_rows_contrasts_report_and_plot(tmp
     assert "the claim **holds**" in md and "+0.500 [+0.500, +0.500] †" in md
     assert "**off** (-50%)" in md and "Off target: sentiment raw-kl0.1-s0" in md
     assert (out / "ctrl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a pilot gives no verdict, and the numbers its rules read: the last quarter's beta was 1 for every run,
+    # started at 1 (target 0.05) or 0.5 (0.1) by a beta scale of 0.5
+    pilot = ctrl.analyse({**design, "pilot": True}, out, bootstrap=200)
+    assert "verdict" not in pilot["contrasts"][task]["primary"]
+    assert pilot["pilot"]["beta_scale"] == pytest.approx(0.5 * math.sqrt(2))
+    assert pilot["pilot"]["held"] == {"0.05": True, "0.1": False}
+    assert pilot["pilot"]["latest_reached_step"] is None  # the runs at 0.1 stayed at half of it
+    assert len(pilot["pilot"]["not_reached"]) == 4 and all("kl0.1-" in x for x in pilot["pilot"]["not_reached"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,7 +341,7 @@ def test_evaluation_prompts_held_out_or_for_a_pilot_among_the_training_prompts(t
 def test_the_pipeline_trains_evaluates_reports_and_resumes_from_its_pools_alone(tmp_path, capsys):
     out = tmp_path / "out"
     argv = [*TINY, "--tasks", "sentiment", "--targets", "0.05,0.1", "--jobs", "2", "--bootstrap", "200",
-            "--out", str(out)]
+            "--max-completion-length", "16", "--out", str(out)]
     assert ctrl.main(argv) == 0, capsys.readouterr().err[-3000:]
     first = capsys.readouterr().out
     assert "6 runs (1 tasks x 3 rewards x 2 KL targets x 1 seeds), 0 finished, 6 to train" in first
@@ -354,6 +364,9 @@ def test_the_pipeline_trains_evaluates_reports_and_resumes_from_its_pools_alone(
     assert "**primary: transformed - raw**" in md and md.count("| sentiment | ") == 6
     assert (out / "ctrl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "sentiment" / "calibration.json").read_text())["model"] == "tiny-gpt2"
+    # the pools are drawn as the runs were trained: 16 tokens, not the generation default of 64
+    setup = json.loads((out / "sentiment" / "eval" / "report.json").read_text())["setup"]
+    assert setup["generation"]["max_new_tokens"] == 16 and setup["prompts"]["offset"] == 4
 
     # committed results: pools gzipped, no weights, no checkpoints; resumed, nothing is trained or sampled
     for run in (out / "sentiment" / "runs").iterdir():
