@@ -53,18 +53,22 @@ def calibrated_reward(reference_rewards, rewards) -> np.ndarray:
 
 
 class CalibrationStore:
-    """Reference rewards per reward name and prompt, kept in a JSON file {"rewards": {name: {prompt: [r, ...]}}}.
+    """Reference rewards per reward name and prompt, kept in a JSON file {"rewards": {name: {prompt: [r, ...]}},
+    "model": the reference model they were sampled from}; stores written before the model was recorded have none
+    (model None).
 
     Open an existing file (or start empty) with CalibrationStore(path); save() writes it atomically."""
 
     def __init__(self, path=None):
         self.path = Path(path) if path is not None else None
         self.rewards: dict[str, dict[str, list[float]]] = {}
+        self.model: str | None = None
         if self.path is not None and self.path.exists():
             try:
                 data = json.loads(self.path.read_text(encoding="utf-8"))
                 self.rewards = {name: {p: [float(x) for x in r] for p, r in table.items()}
                                 for name, table in data["rewards"].items()}
+                self.model = data.get("model")
             except (ValueError, TypeError, KeyError, AttributeError) as e:
                 reason = f"no {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
                 raise ValueError(f"calibration store {str(self.path)!r} is not one `iama calibrate` wrote "
@@ -82,7 +86,15 @@ class CalibrationStore:
         path = Path(path) if path is not None else self.path
         if path is None:
             raise ValueError("this store has no file; pass a path to save()")
-        return atomic_write_json(path, {"version": 1, "rewards": self.rewards})
+        return atomic_write_json(path, {"version": 1, **({"model": self.model} if self.model else {}),
+                                        "rewards": self.rewards})
+
+    def check_model(self, model) -> None:
+        """Calibration is relative to one reference model: a store sampled from another model is an error. A store
+        that does not record its model (written before stores did) cannot tell, and passes."""
+        if model is not None and self.model is not None and str(model) != self.model:
+            raise ValueError(f"calibration store {self.path} was sampled from model {self.model!r}, not "
+                             f"{str(model)!r}; calibrate {str(model)!r} into another file")
 
     @property
     def reward_names(self) -> list[str]:
@@ -155,8 +167,9 @@ def calibrated_transformed_reward(reward_fn, store: CalibrationStore, reward_nam
     return reward
 
 
-def fill(store_path, prompts, sample_fn, reward_fns: dict, k: int, batch_size: int = 8, progress=True):
+def fill(store_path, prompts, sample_fn, reward_fns: dict, k: int, batch_size: int = 8, progress=True, model=None):
     """Sample k reference completions for every prompt still missing from the store and keep their rewards.
+    model: the reference model sample_fn draws from, recorded in a new store and checked against an existing one.
 
     sample_fn(prompts, k) -> for each prompt a list of k completions (strings, or {"text", "ids"} dicts whose
     ids reach the rewards as completion_ids, as in training); reward_fns maps a name to a TRL-style
@@ -167,6 +180,9 @@ def fill(store_path, prompts, sample_fn, reward_fns: dict, k: int, batch_size: i
     if int(k) != k or k < 1 or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"k and batch_size must be positive integers, got k={k!r}, batch_size={batch_size!r}")
     store = CalibrationStore(store_path)
+    store.check_model(model)
+    if model is not None and not store.rewards:  # an old store's entries may be any model's: left unrecorded
+        store.model = str(model)
     todo = store.missing(prompts, reward_fns)
     bar = None
     if progress and todo:
@@ -582,7 +598,8 @@ def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bo
         if isinstance(value, bool) or int(value) != value or value < 1:
             raise ValueError(f"{what} must be a positive integer, got {value!r}")
     check_output_file(cfg.calibration, "calibration store")
-    CalibrationStore(cfg.calibration)  # a store it cannot read stops here, before the model loads
+    # a store it cannot read, or one of another model, stops here, before the model loads
+    CalibrationStore(cfg.calibration).check_model(cfg.model)
     backend = HFBackend(resolve_model(cfg.model))
     prompts = load_prompts(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split, limit=cfg.max_prompts)
     prompts = as_conversation(prompts, backend.tokenizer)
@@ -593,4 +610,5 @@ def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bo
     def sample(batch, n):
         return backend.generate(batch, n, settings, seed=seed + next(done))
 
-    return fill(cfg.calibration, prompts, sample, rewards, k, batch_size=batch_size, progress=progress)
+    return fill(cfg.calibration, prompts, sample, rewards, k, batch_size=batch_size, progress=progress,
+                model=cfg.model)

@@ -442,6 +442,7 @@ def build_rewards(cfg: TrainConfig, tokenizer):
         from .ctrl import CalibrationStore
 
         store = CalibrationStore.load(cfg.calibration)
+        store.check_model(cfg.model)
     funcs = []
     for c in cfg.criteria:
         fn = build_reward(c.reward, tokenizer=tokenizer)
