@@ -56,7 +56,9 @@ def test_the_import_graph_has_no_circle():
 
 
 def test_the_confirmatory_grim_sweep_differs_from_the_first_in_its_on_topic_reward():
-    """sweep-grim-kl.yaml is sweep-grim.yaml with the echo-proof on_topic reward (and its own output folder)."""
+    """sweep-grim-kl.yaml is sweep-grim.yaml with the echo-proof on_topic reward, the KL held by the controller
+    (the protocol's settings: target, its start and gain, the learning rate and steps it needs, bf16) and its own
+    output folder."""
     from iama.config import to_dict
 
     first = to_dict(load_config(CONFIGS[0].parent / "sweep-grim.yaml"))
@@ -64,7 +66,11 @@ def test_the_confirmatory_grim_sweep_differs_from_the_first_in_its_on_topic_rewa
     assert [c["reward"] for c in confirm["criteria"]] == ["on_topic", "sentiment"]
     assert first["criteria"][0]["reward"] == "relevance"
     first["criteria"][0]["reward"] = "on_topic"
-    assert {k for k in first if first[k] != confirm[k]} == {"output_dir"}
+    assert {k for k in first if first[k] != confirm[k]} == {"output_dir", "beta", "target_kl", "kl_gain",
+                                                             "max_steps", "trl"}
+    assert {k for k in first["trl"] if first["trl"][k] != confirm["trl"].get(k)} | set(confirm["trl"]) - set(
+        first["trl"]) == {"learning_rate", "bf16"}
+    assert (confirm["target_kl"], confirm["beta"], confirm["trl"]["learning_rate"]) == (0.15, 0.1, 5e-5)
 
 
 @pytest.mark.parametrize("raw, message", [
