@@ -527,6 +527,7 @@ def test_hydra_overrides_reach_the_estimator():
     ("iama_bon", {"iama_n": 0}, "positive integer"),
     ("iama_bon", {"use_kl_in_reward": True}, "use_kl_in_reward=False"),
     ("iama_bon", {"iama_n": 16, "iama_estimator": "unbiased"}, "at least N=16"),
+    ("iama", {"iama_algorithm": "maj:4"}, "votes on each sample's answer, and verl gives the estimator none"),
 ])
 def test_bad_settings_fail_clearly(name, keys, message, base_algorithm):
     rng = np.random.default_rng(0)
