@@ -630,7 +630,7 @@ def test_majority_vote_trains_from_a_datasets_answer_column(spec, tmp_path):
     reward = LengthAnswer()
     trainer = IAMATrainer(model=resolve_model("tiny-gpt2"), reward_funcs=[reward], args=grpo_config(cfg),
                           train_dataset=prompt_dataset(prompts, tokenizer), processing_class=tokenizer,
-                          objective=Objective([Criterion("vote", spec)], baseline="loo"))
+                          objective=Objective([Criterion("vote", spec)], baseline="loo", scale_rewards="batch"))
     batch = one_batch(trainer)
     trainer.current_gradient_accumulation_steps = 1
     out = trainer._generate_and_score_completions(batch)
