@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .objective import Criterion, Objective, parse_criteria
+from .steps import INVALID_REWARDS
 
 
 class ConfigError(ValueError):
@@ -253,7 +254,7 @@ def check_training(objective: Objective, *, num_generations, beta, target_kl, in
             f"num_generations={num_generations} is smaller than N={objective.max_n} of the largest algorithm; "
             f"the {objective.estimator!r} estimator needs M >= {need}"
         )
-    if invalid_rewards not in ("stop", "drop", None):
+    if invalid_rewards not in (*INVALID_REWARDS, None):
         raise ConfigError(f"invalid_rewards must be 'stop' or 'drop', got {invalid_rewards!r}")
     if isinstance(max_dropped_steps, bool) or not isinstance(max_dropped_steps, int) or max_dropped_steps < 1:
         raise ConfigError(f"max_dropped_steps must be an integer >= 1, got {max_dropped_steps!r}")

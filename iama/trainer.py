@@ -28,6 +28,7 @@ from trl.trainer.utils import RepeatSampler
 from .config import (ConfigError, TrainConfig, build_objective, check_training, grpo_config, load_config, to_dict,
                      validate)
 from .rewards import answers_method
+from .steps import apply_policy, step_metrics
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_dir
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,10 @@ CONFIG_DROP = "invalid_rewards: drop"  # ... or the config's key (`iama train`)
 
 
 def guard_reward(fn, name: str, policy: str, fix: str = PYTHON_DROP):
-    """Wrap a TRL-style reward so that NaN/None/inf or an exception either stops the run naming the reward
-    ('stop', the message suggesting `fix`) or becomes NaN for just the failing samples ('drop'; the objective
-    drops and counts them). A reward's `answers` method (majority voting) stays reachable."""
+    """Wrap a TRL-style reward in the invalid-reward policy (iama.steps): an invalid value (NaN, None, inf, not a
+    number) or an exception either stops the run naming the reward ('stop', the message suggesting `fix`) or
+    becomes NaN for just the failing samples ('drop'; the objective drops and counts them). A reward's `answers`
+    method (majority voting) stays reachable."""
 
     def call(prompts, completions, **kwargs):
         n = len(completions)
@@ -60,14 +62,9 @@ def guard_reward(fn, name: str, policy: str, fix: str = PYTHON_DROP):
             out = [_one(fn, prompts, completions, kwargs, i) for i in range(n)]  # find the failing samples
         if len(out) != n:
             raise RewardFailure(f"reward {name!r} returned {len(out)} values for {n} completions")
-        values = [math.nan if v is None else float(v) for v in out]
-        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
-        if bad and policy == "stop":
-            raise RewardFailure(
-                f"reward {name!r} returned NaN/None/inf for {len(bad)} of {n} completions "
-                f"(first: {str(completions[bad[0]])[:60]!r}); set {fix} to drop such samples"
-            )
-        return [v if math.isfinite(v) else math.nan for v in values]
+        return apply_policy(out, policy, refuse=lambda bad: RewardFailure(
+            f"reward {name!r} returned NaN/None/inf or a non-number for {len(bad)} of {n} completions "
+            f"(first: {str(completions[bad[0]])[:60]!r}); set {fix} to drop such samples")).tolist()
 
     call.__name__ = name
     if answers_method(fn) is not None:
@@ -216,14 +213,12 @@ class IAMATrainer(GRPOTrainer):
             self._count_lost_step(lost)
             out["iama_skip"] = torch.tensor(lost)  # 0-d: TRL hands it whole to each micro-batch (compute_loss)
             metrics["iama/skipped_steps"].append(float(self._skipped_steps))
-        values = est.values[~np.isnan(est.values).all(axis=1)]  # the groups that could be estimated
-        for c, value in zip(self.objective.criteria, np.nanmean(values, axis=0) if len(values) else []):
-            metrics[f"iama/{c.name}/{c.algorithm.spec}"].append(float(value))
-        if math.isfinite(est.objective):
-            metrics["iama/objective"].append(est.objective)
-        metrics["iama/dropped_samples"].append(float(est.dropped))
-        metrics["iama/advantage_abs"].append(float(advantages.abs().mean()))
-        metrics["iama/advantage_abs_max"].append(float(advantages.abs().max()))  # <= sqrt(M - 1) under 'group'
+        # TRL logs each reward's mean itself (rewards/NAME/mean), and averages a metric's list at logging: a value
+        # that no group could give (NaN) is left out rather than making the average NaN
+        for key, value in step_metrics(self.objective, est, self._gathered_rewards, advantages,
+                                       reward_means=False).items():
+            if math.isfinite(value):
+                metrics[key].append(value)
         metrics["beta"].append(float(self.beta))
         return out
 

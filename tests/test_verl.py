@@ -8,7 +8,9 @@ verl lives in an environment of its own, `.venv-verl` at the repository root (IA
 
 Tests marked `@in_verl_env` run directly where verl is installed. Run from the main environment, the first of
 them builds .venv-verl when it is missing (about 3 minutes, once), runs this file there with pytest, and each
-then reports its own result from that run. If the environment cannot be built (no network, say), they skip
+then reports its own result from that run. The environment is reused as long as what it was installed from (the
+torch pin and pyproject.toml's dependencies with the verl and dev extras) is unchanged; when that changes, pip
+installs the new requirements into it once. If the environment cannot be built (no network, say), they skip
 and say why; IAMA_REQUIRE_VERL=1 turns that skip into a failure.
 """
 
@@ -99,8 +101,25 @@ def _pip(*args, timeout=BUILD_TIMEOUT):
         raise RuntimeError(f"pip install {' '.join(args)} failed: " + " | ".join(tail))
 
 
+def _requirements() -> tuple[str, str]:
+    """The torch requirement .venv-verl is installed with, and a digest of everything it is installed from."""
+    # torch in the same pip command as verl, pinned to the main environment's: alone, pip may pull another build
+    torch_req = os.environ.get("IAMA_VERL_TORCH") or "torch==" + importlib.metadata.version("torch").split("+")[0]
+    text = (ROOT / "pyproject.toml").read_text()
+    try:
+        import tomllib
+
+        project = tomllib.loads(text)["project"]
+        text = json.dumps([project["dependencies"], project["optional-dependencies"]["verl"],
+                           project["optional-dependencies"]["dev"]])
+    except ImportError:  # Python 3.10: the whole file, so an unrelated edit costs one pip run, never a stale env
+        pass
+    return torch_req, hashlib.sha256(f"{torch_req}\n{text}".encode()).hexdigest()
+
+
 def ensure_verl_env():
-    """Build .venv-verl if missing or broken, refresh this checkout's metadata in it if stale; return its python.
+    """Build .venv-verl if missing or broken, install into it again if its requirements changed, refresh this
+    checkout's metadata in it if stale; return its python.
     One build at a time per environment path: concurrent test runs of one checkout wait for each other."""
     lock = Path(tempfile.gettempdir()) / f"iama-verl-{hashlib.sha1(str(VENV).encode()).hexdigest()[:12]}.lock"
     with open(lock, "w") as handle:
@@ -111,18 +130,19 @@ def ensure_verl_env():
 
 def _ensure_verl_env():
     info = _probe()
-    if info is None:
+    torch_req, digest = _requirements()
+    stamp = VENV / "iama-requirements.sha256"  # the digest it was last installed from
+    if info is None or not stamp.is_file() or stamp.read_text() != digest:
         if not _python().exists():
             out = subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=False, capture_output=True,
                                  text=True, timeout=300)
             if out.returncode != 0:
                 raise RuntimeError(f"python -m venv {VENV.name} failed: {(out.stderr or out.stdout).strip()[-500:]}")
-        # torch in the same pip command as verl, pinned to the main environment's: alone, pip may pull another build
-        torch_req = os.environ.get("IAMA_VERL_TORCH") or "torch==" + importlib.metadata.version("torch").split("+")[0]
         _pip(torch_req, "-e", f"{ROOT}[verl,dev]")
         info = _probe()
         if info is None:
             raise RuntimeError(f"{VENV.name} was installed but `import verl, iama, pytest` fails in it")
+        stamp.write_text(digest)
     if not _current(info):
         _pip("--no-deps", "-e", str(ROOT), timeout=600)
         info = _probe()
@@ -527,6 +547,7 @@ def test_hydra_overrides_reach_the_estimator():
     ("iama_bon", {"iama_n": 0}, "positive integer"),
     ("iama_bon", {"use_kl_in_reward": True}, "use_kl_in_reward=False"),
     ("iama_bon", {"iama_n": 16, "iama_estimator": "unbiased"}, "at least N=16"),
+    ("iama", {"iama_algorithm": "maj:4"}, "votes on each sample's answer, and verl gives the estimator none"),
 ])
 def test_bad_settings_fail_clearly(name, keys, message, base_algorithm):
     rng = np.random.default_rng(0)
