@@ -24,8 +24,8 @@ from iama.config import ConfigError, load_config
 from iama.trainer import RewardFailure, build_trainer, guard_reward, kl_controller, last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "length-tiny.yaml"
-BASELINE = ROOT / "configs" / "length-tiny-baseline.yaml"
+TINY = ROOT / "iama" / "configs" / "length-tiny.yaml"
+BASELINE = ROOT / "iama" / "configs" / "length-tiny-baseline.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

@@ -988,7 +988,8 @@ def test_scaling_guide_verl_data_preparation(monkeypatch, tmp_path):
 # the paper-scale TRL configs load (no model is loaded; hub ids are checked for form only)
 
 
-SCALE_CONFIGS = sorted(p for p in (ROOT / "configs" / "scale").glob("*.yaml") if not p.name.startswith("accelerate"))
+SCALE_CONFIGS = sorted(p for p in (ROOT / "iama" / "configs" / "scale").glob("*.yaml")
+                       if not p.name.startswith("accelerate"))
 
 
 @pytest.mark.parametrize("path", SCALE_CONFIGS, ids=lambda p: p.stem)
@@ -1004,5 +1005,5 @@ def test_scale_configs_load(path, monkeypatch):
 def test_scale_accelerate_config():
     import yaml
 
-    cfg = yaml.safe_load((ROOT / "configs" / "scale" / "accelerate-zero3.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "iama" / "configs" / "scale" / "accelerate-zero3.yaml").read_text())
     assert cfg["distributed_type"] == "DEEPSPEED" and cfg["deepspeed_config"]["zero_stage"] == 3
