@@ -50,6 +50,7 @@ def importable(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
+@pytest.mark.slow
 def test_sweep_stops_resumes_and_reports_every_point(tmp_path, capsys, monkeypatch, importable):
     out, runs = tmp_path / "sweep", tmp_path / "sweep" / "runs"
     monkeypatch.setenv("SWEEP_FAIL", str(tmp_path / "calls"))

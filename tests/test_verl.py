@@ -186,7 +186,7 @@ def in_verl_env(fn):
 
     stand_in.__name__ = stand_in.__qualname__ = fn.__name__
     stand_in.__doc__ = fn.__doc__
-    return stand_in
+    return pytest.mark.slow(stand_in)  # its fixture may build .venv-verl: not in `make test-quick`
 
 
 # ---------------------------------------------------------------------------------------------------------------
