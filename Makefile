@@ -1,11 +1,12 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test`. Both set up .venv first.
+# `make test-quick` leaves out the tests marked slow (those that train a model, build a wheel or the verl environment).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # torch is pinned in the same pip command as everything else: alone, pip would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lab clean
+.PHONY: setup demo test test-quick lab clean
 
 $(BIN)/iama: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +27,9 @@ lab: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-quick: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) results

@@ -36,12 +36,17 @@ def commit_of(rev: str) -> str:
 
 
 def configs_at(commit: str, folder: Path) -> None:
-    """Write the demo's two configs as they were at `commit` into `folder`."""
+    """Write the demo's two configs as they were at `commit` into `folder` (in iama/configs/, or in configs/ before
+    they moved into the package)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in CONFIGS:
-        text = subprocess.run(["git", "show", f"{commit}:configs/{name}"], cwd=ROOT, check=True, capture_output=True,
-                              text=True).stdout
-        (folder / name).write_text(text)
+        for where in ("iama/configs", "configs"):
+            shown = subprocess.run(["git", "show", f"{commit}:{where}/{name}"], cwd=ROOT, capture_output=True, text=True)
+            if shown.returncode == 0:
+                break
+        else:
+            raise SystemExit(f"{name} is in neither iama/configs/ nor configs/ at {commit}")
+        (folder / name).write_text(shown.stdout)
 
 
 def effect(report: dict) -> dict:

@@ -117,7 +117,7 @@ def measure(config, overrides, steps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "length.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "iama" / "configs" / "length.yaml"))
     ap.add_argument("--variant", action="append", default=None,
                     help="LABEL=override;override (config fields); repeat to compare")
     ap.add_argument("--steps", type=int, default=6, help="steps per variant, the first one left out")

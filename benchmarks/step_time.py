@@ -53,8 +53,8 @@ def main():
 
     common = [f"model={args.model}", f"num_generations={args.group}", f"per_device_train_batch_size={args.batch}",
               f"max_completion_length={args.completion_length}", "output_dir=/tmp/iama-bench", "report_to=none"]
-    iama_cfg = load_config(ROOT / "configs" / "length-tiny.yaml", common)
-    grpo_cfg = load_config(ROOT / "configs" / "length-tiny-baseline.yaml", common)
+    iama_cfg = load_config(ROOT / "iama" / "configs" / "length-tiny.yaml", common)
+    grpo_cfg = load_config(ROOT / "iama" / "configs" / "length-tiny-baseline.yaml", common)
     trainers = {"iama": build_trainer(iama_cfg)[0], "grpo": build_trainer(grpo_cfg)[0]}
     for t in trainers.values():
         t.model.train()

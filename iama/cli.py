@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="non-linear GRPO (or GRPO, or CTRL) from a YAML config")
-    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("config", help="YAML config: a file, or a shipped one by name (configs/length.yaml, length)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any key, e.g. max_steps=10 "
                    "criteria.0.weight=0.3 learning_rate=1e-4")
     p.set_defaults(run=_train)
@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_ctrl_plan)
     p = sub.add_parser("demo", help="the main job: GRPO vs IAMA on the length task, trained and evaluated")
     p.add_argument("--out", default="results/demo")
-    p.add_argument("--configs", default=None, help="folder with length.yaml and length-baseline.yaml")
+    p.add_argument("--configs", default=None,
+                   help="folder with length.yaml and length-baseline.yaml (default: the shipped configs/)")
     p.add_argument("--model", default=None, help="override the configs' model (e.g. tiny-gpt2 for a quick look)")
     p.add_argument("--steps", type=int, default=None, help="override the configs' max_steps")
     p.add_argument("--seed", type=int, default=None, help="override the configs' training seed (robustness checks)")

@@ -138,6 +138,37 @@ def _read_yaml(path: Path, what: str):
         raise ConfigError(f"{what} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
+SHIPPED = Path(__file__).resolve().parent / "configs"  # the configs that ship with the package
+
+
+def resolve_config(path) -> Path:
+    """Where a config argument points. The path as given, from the working directory, when it exists; otherwise,
+    for a relative path, the config of that name shipped inside the package (iama/configs/), with or without a
+    leading `configs/` and the `.yaml`: `configs/length.yaml`, `length.yaml` and `length` all name the shipped
+    length.yaml where the working directory holds no such file (outside a checkout too). Folders resolve the same
+    way (`configs`, `configs/scale`); a path found nowhere comes back as given."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute() or ".." in p.parts:
+        return p
+    shipped = SHIPPED.joinpath(*(p.parts[1:] if p.parts[:1] == ("configs",) else p.parts))
+    for candidate in (shipped, shipped.with_name(shipped.name + ".yaml")):
+        if candidate.exists():
+            return candidate
+    return p
+
+
+def config_name(path) -> str:
+    """How a report names a config without this machine's paths: `configs/NAME` for a shipped one (when that name
+    resolves to it from here), else relative to the working directory when inside it, else as given."""
+    p = Path(path).expanduser().resolve()
+    if p.is_relative_to(SHIPPED):
+        name = Path("configs", p.relative_to(SHIPPED))
+        if resolve_config(name).resolve() == p:
+            return name.as_posix()
+    here = Path.cwd().resolve()
+    return str(p.relative_to(here)) if p.is_relative_to(here) else str(path)
+
+
 def run_config_file(path) -> Path | None:
     """The config a training run saved: OUTPUT/final/iama_config.yaml, OUTPUT/config.yaml, iama_config.yaml in a
     final/ folder itself (a checkpoint folder reads its run's config.yaml). None when `path` holds none."""
@@ -154,13 +185,13 @@ def run_config_file(path) -> Path | None:
 def load_config(path=None, overrides=(), *, check_model: bool = True, **kwargs) -> TrainConfig:
     """Read YAML (or none), apply KEY=VALUE overrides and keyword arguments, validate the structure.
 
-    path: a config file, or a training run's directory (the config it saved; see run_config_file), so that a run
-    written by any version reads as what it means. check_model=False skips checking that `model` is available
-    (a finished run is evaluated from its final/ folder). Top-level keys that are TRL GRPOConfig fields are moved
-    into `trl`; unknown keys are an error."""
+    path: a config file (or a shipped config's name: resolve_config), or a training run's directory (the config it
+    saved; see run_config_file), so that a run written by any version reads as what it means. check_model=False
+    skips checking that `model` is available (a finished run is evaluated from its final/ folder). Top-level keys
+    that are TRL GRPOConfig fields are moved into `trl`; unknown keys are an error."""
     raw: dict = {}
     if path is not None:
-        p = Path(path).expanduser()
+        p = resolve_config(path)
         if p.is_dir():
             p = run_config_file(p)
             if p is None:

@@ -2,7 +2,7 @@
 
 Generation is separate from estimation. A **pool** is, for each prompt, M candidates with their token counts
 and one score per criterion; it is stored as JSONL, one line per prompt, in the format `iama decode` writes, so
-decode output is `iama eval` input and eval's saved pools can be re-read without sampling (docs/report.md):
+decode output is `iama eval` input and eval's saved pools can be re-read without sampling (docs/formats.md):
 
     {"prompt": "...", "model": "LABEL",
      "candidates": [{"text": "...", "num_tokens": 12, "finished": true, "scores": {"short": -0.01, ...},

@@ -1,7 +1,7 @@
 """The main job: GRPO and IAMA on the length task, evaluated the way the models are decoded.
 
 1. train configs/length-baseline.yaml (GRPO on the mean reward) and configs/length.yaml (IAMA, best-of-4 for a
-   short and a long target) on SmolLM2-135M-Instruct, offline;
+   short and a long target; both ship in the package, iama/configs/) on SmolLM2-135M-Instruct, offline;
 2. draw one pool of M samples per held-out prompt from the untrained model and from both trained ones;
 3. report every criterion's value under best-of-N for every N <= M, the best-of-4 objective with intervals,
    the effective N of IAMA against GRPO, Pareto fronts and length histograms (OUT/report.md and plots).
@@ -20,13 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from .config import SHIPPED, config_name, resolve_config
+
+CONFIGS = SHIPPED  # the package's configs/, in a checkout and after pip install alike
 
 
 def _command(out, configs, model, steps, seed, eval_prompts, m) -> str:
     """The `iama demo` call that reproduces this run, for the report's "Made by" line."""
-    flags = {"--configs": None if Path(configs).resolve() == CONFIGS else configs, "--model": model, "--steps": steps,
-             "--seed": seed, "--eval-prompts": None if eval_prompts == 64 else eval_prompts,
+    flags = {"--configs": None if resolve_config(configs).resolve() == CONFIGS else configs, "--model": model,
+             "--steps": steps, "--seed": seed, "--eval-prompts": None if eval_prompts == 64 else eval_prompts,
              "-M": None if m == 8 else m}
     return " ".join(["iama demo", *(f"{k} {v}" for k, v in flags.items() if v is not None), "--out", str(out)])
 
@@ -123,9 +125,9 @@ def run_demo(out="results/demo", configs=CONFIGS, model=None, steps=None, seed=N
     from .utils import check_output_dir
 
     started = time.perf_counter()
-    out, configs = Path(out), Path(configs or CONFIGS)
-    if configs.resolve().is_relative_to(Path.cwd().resolve()):  # the report names it, without this machine's path
-        configs = configs.resolve().relative_to(Path.cwd().resolve())
+    # the folder as the report names it, without this machine's path: `configs` for the shipped one (that name
+    # resolves to it, as configs/length.yaml does in `iama train`), else relative to the working directory
+    out, configs = Path(out), Path(config_name(resolve_config(configs or CONFIGS)))
     # everything that can be wrong with the request, before anything trains
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be at least 1, got {steps}")

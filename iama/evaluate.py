@@ -20,7 +20,7 @@ random, which the estimator does exactly by averaging b over tied a), win rates 
 under bon:N and won:N (product of the two pools' unbiased distributions of the selected reward; for a 0/1
 reward with answers also maj:N), Pareto fronts
 across models per N, effective N (the budget the reference needs to match a model, interpolated linearly in
-log N), and token-length histograms. Report writing and plots are in iama/report.py; schema in docs/report.md.
+log N), and token-length histograms. Report writing and plots are in iama/report.py; schema in docs/formats.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Writing an evaluation report: report.json (schema: docs/report.md), report.md and PNG plots (matplotlib Agg).
+"""Writing an evaluation report: report.json (schema: docs/formats.md), report.md and PNG plots (matplotlib Agg).
 
 Everything here reads the report dict that `iama.evaluate.estimate` returns; nothing is estimated here."""
 

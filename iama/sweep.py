@@ -470,9 +470,11 @@ def _kl_table(kl, pools, points, base) -> dict | None:
 
 
 def _shown(path) -> str:
-    """A path as the report shows it: relative to the working directory when inside it (no machine's paths)."""
-    p, here = Path(path).resolve(), Path.cwd().resolve()
-    return str(p.relative_to(here)) if p.is_relative_to(here) else str(path)
+    """A config as the report shows it, without this machine's paths: `configs/NAME` for a shipped one, else
+    relative to the working directory when inside it (config.config_name)."""
+    from .config import config_name, resolve_config
+
+    return config_name(resolve_config(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------

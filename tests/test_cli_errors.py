@@ -10,8 +10,8 @@ import torch
 from iama.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "length-tiny.yaml"
-CTRL = ROOT / "configs" / "ctrl-sentiment.yaml"
+TINY = ROOT / "iama" / "configs" / "length-tiny.yaml"
+CTRL = ROOT / "iama" / "configs" / "ctrl-sentiment.yaml"
 
 
 @pytest.fixture

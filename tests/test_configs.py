@@ -8,7 +8,7 @@ import yaml
 
 from iama.config import load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "iama" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -128,3 +128,27 @@ def test_a_run_of_an_earlier_version_reads_as_what_it_means(tmp_path):
     assert settings_differ(old, cfg) == []
     assert settings_differ(old, load_config(None, criteria=[{"name": "len", "reward": "length:8:32"}])) == [
         "criteria"]
+
+
+def test_a_config_resolves_from_the_working_directory_then_from_the_package(tmp_path, monkeypatch):
+    """`configs/length.yaml`, `length.yaml` and `length` name the shipped config where the working directory holds
+    no such file (as after pip install); a file there comes first; reports name a shipped config `configs/NAME`."""
+    from iama.config import SHIPPED, ConfigError, config_name, resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    for name in ["configs/length.yaml", "length.yaml", "length", "configs/length"]:
+        assert resolve_config(name) == SHIPPED / "length.yaml"
+    assert resolve_config("configs/scale/length-7b.yaml") == SHIPPED / "scale" / "length-7b.yaml"
+    assert resolve_config("configs") == SHIPPED and config_name(SHIPPED) == "configs"
+    assert config_name(SHIPPED / "length.yaml") == "configs/length.yaml"
+    assert load_config("length").criteria == load_config(SHIPPED / "length.yaml").criteria
+    with pytest.raises(ConfigError, match="config file 'nothing.yaml' not found"):
+        load_config("nothing.yaml")
+    assert resolve_config("../length.yaml") == Path("../length.yaml")  # never outside the package
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "length.yaml").write_text("criteria: [{name: mine, reward: 'length:4:8'}]\n")
+    assert resolve_config("configs/length.yaml") == Path("configs/length.yaml")  # the working directory's first
+    assert load_config("configs/length.yaml").criteria_names == ["mine"]
+    assert resolve_config("length") == SHIPPED / "length.yaml"  # no length file here
+    assert config_name(SHIPPED / "length.yaml") == str(SHIPPED / "length.yaml")  # `configs/length.yaml` is another

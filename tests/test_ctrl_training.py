@@ -22,13 +22,13 @@ def test_calibrate_then_train_on_the_transformed_reward(tmp_path):
         f"calibration={store_path}", "max_prompts=4", "max_steps=1", "per_device_train_batch_size=16",
         f"output_dir={tmp_path / 'run'}", "scale_rewards=none", "beta=0.1",
     ]
-    cfg = load_config(ROOT / "configs" / "length-tiny.yaml", overrides)
+    cfg = load_config(ROOT / "iama" / "configs" / "length-tiny.yaml", overrides)
     store = calibrate(cfg, k=8, batch_size=2, progress=False)
     assert len(store.rewards["pos"]) == 4 and all(len(v) == 8 for v in store.rewards["pos"].values())
     again = calibrate(cfg, k=8, batch_size=2, progress=False)  # resumable: nothing left to sample
     assert again.rewards == CalibrationStore.load(store_path).rewards
 
-    assert main(["train", str(ROOT / "configs" / "length-tiny.yaml"), *overrides]) == 0
+    assert main(["train", str(ROOT / "iama" / "configs" / "length-tiny.yaml"), *overrides]) == 0
     rows = [r for r in csv.DictReader(open(tmp_path / "run" / "metrics.csv")) if r.get("loss")]
     mean = float(rows[0]["rewards/pos/mean"])
     assert math.exp(0) <= mean <= math.exp(3)  # Phi(C) = exp(3 C) with C in [0, 1]

@@ -403,7 +403,8 @@ def test_arith_hard_config_trains_on_the_training_split():
     from iama.config import load_config
     from iama.data import require_column
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "arith-hard-grpo.yaml", check_model=False)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "iama" / "configs" / "arith-hard-grpo.yaml",
+                      check_model=False)
     assert cfg.prompts == "builtin:arith-hard" and cfg.max_prompts == 300
     prompts = load_prompts(cfg.prompts, limit=cfg.max_prompts)
     require_column(prompts, "answer", cfg.prompts)

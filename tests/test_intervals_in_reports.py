@@ -160,7 +160,7 @@ def test_sweep_seeds_parse_and_refuse_a_single_one():
 def test_sweep_bad_contrast_input_is_one_line_before_training(tmp_path, capsys, extra, message):
     from pathlib import Path
 
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "length-tiny.yaml"
+    tiny = Path(__file__).resolve().parents[1] / "iama" / "configs" / "length-tiny.yaml"
     out = tmp_path / "sweep"
     args = ["sweep", str(tiny), "max_prompts=16", "--steps", "1", "--out", str(out), "-M", "4", *extra]
     assert main(args) == 2

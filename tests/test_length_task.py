@@ -36,7 +36,8 @@ def test_iama_splits_and_grpo_collapses(tmp_path):
     prompts = load_prompts("builtin:tiny", limit=16)
     result = {}
     for name in ["length-tiny", "length-tiny-baseline"]:
-        cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"output_dir={tmp_path / name}", "report_to=none"])
+        cfg = load_config(ROOT / "iama" / "configs" / f"{name}.yaml",
+                          [f"output_dir={tmp_path / name}", "report_to=none"])
         result[name] = shape(lengths(train(cfg), prompts))
     iama, grpo = result["length-tiny"], result["length-tiny-baseline"]
     print(result)

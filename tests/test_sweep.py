@@ -13,7 +13,7 @@ from iama.cli import main
 from iama.sweep import default_weights, parse_weights, point_label
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "length-tiny.yaml"
+TINY = ROOT / "iama" / "configs" / "length-tiny.yaml"
 # the short criterion's reward through this module, so that a run can be made to fail (see short_or_fail)
 FAST = ["max_prompts=16", "per_device_train_batch_size=16", "report_to=none",
         "criteria.0.reward=test_sweep:short_or_fail"]
@@ -50,6 +50,7 @@ def importable(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
+@pytest.mark.slow
 def test_sweep_stops_resumes_and_reports_every_point(tmp_path, capsys, monkeypatch, importable):
     out, runs = tmp_path / "sweep", tmp_path / "sweep" / "runs"
     monkeypatch.setenv("SWEEP_FAIL", str(tmp_path / "calls"))

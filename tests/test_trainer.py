@@ -24,8 +24,8 @@ from iama.config import ConfigError, load_config
 from iama.trainer import RewardFailure, build_trainer, guard_reward, kl_controller, last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "length-tiny.yaml"
-BASELINE = ROOT / "configs" / "length-tiny-baseline.yaml"
+TINY = ROOT / "iama" / "configs" / "length-tiny.yaml"
+BASELINE = ROOT / "iama" / "configs" / "length-tiny-baseline.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -117,6 +117,7 @@ json.dump({"gathered": trainer._gathered_rewards.tolist(), "advantages": out["ad
 """
 
 
+@pytest.mark.slow
 def test_two_processes_compute_the_same_advantages(tmp_path):
     """accelerate launch --num_processes 2 on the CPU: each group of 8 is split 4 + 4 across the processes."""
     script = tmp_path / "dist.py"
@@ -163,6 +164,7 @@ def assert_same_run(a, b, after=0):
     assert rows_a and rows_a == rows_b
 
 
+@pytest.mark.slow
 def test_checkpoint_kill_and_resume(tmp_path):
     """SIGKILL after a checkpoint, `iama train` again: the same run as one never interrupted, bit for bit (CPU, one
     thread), whichever checkpoint the kill fell after."""
@@ -208,6 +210,7 @@ class Killed(Exception):
     # controller moving beta
     (["steps_per_generation=2", "save_steps=3", "beta=0.05", "target_kl=0.01"], 9),
 ])
+@pytest.mark.slow
 def test_resume_is_the_same_run(tmp_path, monkeypatch, overrides, stop_at):
     """train(cfg) stopped right after checkpoint `stop_at` (as if killed), then train(cfg) again, against one
     uninterrupted train(cfg): final weights bit-identical, the same metrics at every step after the checkpoint."""
@@ -561,6 +564,7 @@ def test_config_passes_trl_fields_through(tmp_path):
         tiny_cfg(tmp_path, "trl.beta=0.1")
 
 
+@pytest.mark.slow
 def test_default_scaling_trains_best_of_m_like_grpo(tmp_path):
     """Pass@k's k = n case (bon:M) and bon:M/2 under the default scale_rewards=group: finite loss, grad norms of
     GRPO's order in the same run, the best-of-N objective rising, and |A| <= sqrt(M - 1) in the logged metric.

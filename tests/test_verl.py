@@ -206,7 +206,7 @@ def in_verl_env(fn):
 
     stand_in.__name__ = stand_in.__qualname__ = fn.__name__
     stand_in.__doc__ = fn.__doc__
-    return stand_in
+    return pytest.mark.slow(stand_in)  # its fixture may build .venv-verl: not in `make test-quick`
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1009,7 +1009,8 @@ def test_scaling_guide_verl_data_preparation(monkeypatch, tmp_path):
 # the paper-scale TRL configs load (no model is loaded; hub ids are checked for form only)
 
 
-SCALE_CONFIGS = sorted(p for p in (ROOT / "configs" / "scale").glob("*.yaml") if not p.name.startswith("accelerate"))
+SCALE_CONFIGS = sorted(p for p in (ROOT / "iama" / "configs" / "scale").glob("*.yaml")
+                       if not p.name.startswith("accelerate"))
 
 
 @pytest.mark.parametrize("path", SCALE_CONFIGS, ids=lambda p: p.stem)
@@ -1025,5 +1026,5 @@ def test_scale_configs_load(path, monkeypatch):
 def test_scale_accelerate_config():
     import yaml
 
-    cfg = yaml.safe_load((ROOT / "configs" / "scale" / "accelerate-zero3.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "iama" / "configs" / "scale" / "accelerate-zero3.yaml").read_text())
     assert cfg["distributed_type"] == "DEEPSPEED" and cfg["deepspeed_config"]["zero_stage"] == 3

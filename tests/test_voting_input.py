@@ -8,7 +8,7 @@ import yaml
 
 from iama.cli import main
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "length-tiny.yaml"
+TINY = Path(__file__).resolve().parents[1] / "iama" / "configs" / "length-tiny.yaml"
 
 
 def no_model(*args, **kwargs):
