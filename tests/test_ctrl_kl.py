@@ -314,7 +314,7 @@ def test_iama_train_and_calibrate_refuse_a_store_from_another_model(tmp_path, ca
     store = _store(tmp_path / "s.json", "smollm2-135m-instruct")
     overrides = ["criteria=[{name: sentiment, reward: sentiment, algorithm: sampling, calibrated: true}]",
                  f"calibration={store}", "max_prompts=2", "max_steps=1", f"output_dir={tmp_path / 'run'}"]
-    config = str(ROOT / "configs" / "length-tiny.yaml")
+    config = str(ROOT / "iama" / "configs" / "length-tiny.yaml")
     for argv in (["calibrate", config, *overrides], ["train", config, *overrides]):
         assert iama_main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
