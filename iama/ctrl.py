@@ -585,7 +585,7 @@ def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bo
     scored by each calibrated criterion's reward and kept in the store at cfg.calibration. Prompts are keyed as
     the trainer will see them (conversations for a chat model), lengths count the EOS as TRL does. Resumable."""
     from .data import as_conversation, load_prompts
-    from .decode import GenerationSettings, HFBackend
+    from .backends import GenerationSettings, HFBackend
     from .models import resolve_model
     from .rewards import build_reward
 

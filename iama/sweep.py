@@ -5,7 +5,7 @@ methods' Pareto fronts at N = 1, 2, 4, 8 by hypervolume with paired bootstrap in
 For two criteria a weight w gives the first criterion w and the second 1 - w; for more, a weight is a point of
 the simplex (W1:W2:...:Wm). `iama` is the config as written with those weights, `grpo` the same config with
 `sampling` for every criterion and GRPO's group-mean baseline. Runs train in DIR/runs/METHOD-wW, a queue of
---jobs processes at a time (iama.demo.train_side_by_side). DIR/sweep.yaml (the config, then `sweep:` with the
+--jobs processes at a time (iama.runs). DIR/sweep.yaml (the config, then `sweep:` with the
 weights, methods and evaluation settings) makes the sweep resumable: finished runs are kept, interrupted ones
 resume from their last checkpoint, and a DIR of another config is refused. The evaluation (iama.evaluate,
 with KL to the untrained model) writes DIR/eval/; this module reads its pools and writes DIR/report.md,
@@ -15,7 +15,6 @@ DIR/report.json and DIR/fronts.png.
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,12 +106,13 @@ class Point:
     seed: int | None = None  # None: the config's seed, one run per point
 
 
-def plan_points(config, overrides, weights, methods, runs: Path, seeds=None) -> list[Point]:
+def plan_points(base, config, overrides, weights, methods, runs: Path, seeds=None) -> list[Point]:
     """Every (weight, method[, seed]) in that order (each weight's runs together), its config validated. With
-    seeds, point (w, method) is trained once per seed, in runs/METHOD-wW-sSEED."""
+    seeds, point (w, method) is trained once per seed, in runs/METHOD-wW-sSEED. `base`: the config as loaded
+    from `config` and `overrides`; each point's config is loaded from its own `iama train` arguments, so that it
+    is the config its training process reads."""
     from .config import grpo_overrides, load_config
 
-    base = load_config(config, overrides)
     points = []
     for w in weights:
         for method in methods:
@@ -129,7 +129,7 @@ def plan_points(config, overrides, weights, methods, runs: Path, seeds=None) -> 
 def merge_with_saved(path: Path, base, settings: dict, weights, methods):
     """(weights, methods) of the sweep in `path` (sweep.yaml) joined with these, or these when there is none;
     a sweep of another config or evaluation settings is an error naming the keys that differ."""
-    from .trainer import settings_differ
+    from .config import settings_differ
 
     if not path.is_file():
         return weights, methods
@@ -161,10 +161,10 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     eval_offset: the first held-out prompt (default: after the config's max_prompts)."""
     import torch
 
-    from .config import load_config, to_dict
-    from .decode import collect_prompts
-    from .demo import train_side_by_side
+    from .config import ModelSpec, load_config, to_dict
+    from .data import collect_prompts
     from .evaluate import evaluate
+    from .runs import cpu_cores, train_side_by_side
     from .trainer import completed
     from .utils import atomic_write_text, check_bootstrap, check_output_dir, safe_name
 
@@ -203,7 +203,7 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
                 **({"eval_offset": eval_offset} if eval_offset is not None else {})}
     weights, methods = merge_with_saved(out / "sweep.yaml", base, settings, weights, methods)
     weights, methods = weights or default_weights(k), methods or list(METHODS)
-    points = plan_points(config, overrides, weights, methods, out / "runs", seeds)
+    points = plan_points(base, config, overrides, weights, methods, out / "runs", seeds)
     on_file = evaluated_points(out / "eval", [p.label for p in points], eval_prompts, m)
     # a run folder of other settings stops here; a point evaluated already needs no weights
     done = {p.label: True if p.label in on_file else completed(p.cfg) for p in points}
@@ -214,14 +214,15 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     print(f"== sweep: {len(points)} points ({', '.join(methods)} at {len(weights)} weights), "
           f"{len(points) - len(todo)} finished, {len(todo)} to train ==", flush=True)
     if todo:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = cpu_cores()
         slots = min(jobs or (1 if torch.cuda.is_available() else cores), len(todo))
         train_side_by_side(todo, threads=max(1, cores // slots), progress=progress, slots=slots)
 
     print(f"== evaluating {len(points)} points and the untrained model on {eval_prompts} held-out prompts, "
           f"M = {m} samples each, then their KL to the untrained model ==", flush=True)
-    evaluation = evaluate([f"untrained={base.model}", *[f"{p.label}={p.cfg.output_dir}" for p in points
-                                                        if p.label not in on_file]],
+    # each point's model with the config it was trained with, not read back from its folder
+    evaluation = evaluate([f"untrained={base.model}", *[ModelSpec(p.label, str(Path(p.cfg.output_dir) / "final"),
+                                                                  p.cfg) for p in points if p.label not in on_file]],
                           pools=[out / "eval" / "pools" / f"{safe_name(k)}.jsonl" for k in on_file],
                           config=base, reference="untrained", prompts=base.prompts,
                           prompt_column=base.prompt_column, prompt_split=base.prompt_split, limit=eval_prompts,
@@ -251,7 +252,7 @@ def evaluated_points(folder: Path, labels, num_prompts: int, m: int) -> set[str]
     pools and kl.json alone (e.g. committed, on another machine) trains and samples only the other points."""
     import json
 
-    from .decode import read_pool
+    from .pools import read_pool
     from .utils import safe_name
 
     cache = folder / "kl.json"
@@ -292,7 +293,7 @@ def check_primary(primary_n, m: int) -> None:
 def _values_at(pool, criterion, n: int) -> np.ndarray:
     """(P,) per-prompt values of one criterion under its algorithm's family at N (sampling and tilted do not
     depend on N; majority voting reads the pool's answers)."""
-    from .evaluate import value_estimates
+    from .estimate import value_estimates
 
     alg, i = criterion.algorithm, pool.criteria.index(criterion.name)
     return value_estimates(pool.rewards[:, :, i], alg.family, [n] if alg.increasing is not None else None, rng=0,
@@ -309,8 +310,8 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
     nadir at that N, the criteria's floors where known), so that a reader sees whether its sign depends on the
     reference. With seeds, a method's quantity is the mean over its seeds and every interval resamples seeds and
     prompts (stats.seed_resample), with the same seed draws at every N."""
-    from .decode import read_pool
-    from .evaluate import Pool, align_pools, criterion_bounds, objective_bounds, paired_difference
+    from .estimate import criterion_bounds, objective_bounds, paired_difference
+    from .pools import Pool, align_pools, read_pool
     from .fronts import bootstrap_fronts, pearson_bootstrap
     from .objective import Criterion, Objective
     from .stats import bootstrap_weights, percentile_ci, seed_draws, seed_resample, value_ci

@@ -13,9 +13,12 @@ import yaml
 
 torch = pytest.importorskip("torch")
 
-from iama.decode import (GenerationSettings, HFBackend, build_rewards, collect_prompts, decode,  # noqa: E402
-                         parse_model_arg, parse_reward_args, read_pool, sample_pool)
+from iama.backends import GenerationSettings, HFBackend  # noqa: E402
+from iama.config import parse_model_arg  # noqa: E402
+from iama.data import collect_prompts  # noqa: E402
+from iama.decode import decode, parse_reward_args  # noqa: E402
 from iama.evaluate import evaluate  # noqa: E402
+from iama.pools import build_rewards, read_pool, sample_pool  # noqa: E402
 
 REWARDS = {"short": "length:4:16", "long": "length:12:16"}
 PROMPTS = ["the day is good", "tell me a story", "what is time ?", "say something happy", "i think so",
@@ -158,7 +161,7 @@ def test_pool_sampling_resumes_where_it_stopped(tmp_path, backend, monkeypatch):
 def test_model_fingerprint_changes_when_the_weights_do(tmp_path):
     import os
 
-    from iama.decode import model_fingerprint
+    from iama.pools import model_fingerprint
 
     (tmp_path / "model.safetensors").write_bytes(b"12345")
     (tmp_path / "config.json").write_text("{}")
@@ -335,7 +338,7 @@ def test_eval_end_to_end_on_the_tiny_model_saves_pools_and_a_report(tmp_path, mo
 
 
 def test_pool_texts_with_unicode_line_separators_round_trip(tmp_path):
-    from iama.decode import write_pool
+    from iama.pools import write_pool
 
     text = "one\u2028two\x85three\u2029four\x0bfive\r\nsix"  # str.splitlines would cut each of these
     record = {"prompt": "p\u2028q", "model": "m",

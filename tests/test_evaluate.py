@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 
 from iama.algorithms import SoftBestOfN
-from iama.evaluate import (Pool, cross_estimates, effective_n, estimate, evaluate, family_of, mean_ci, value_estimates,
-                           win_rate_estimates)
+from iama.estimate import cross_estimates, effective_n, estimate, family_of, value_estimates, win_rate_estimates
+from iama.evaluate import evaluate
+from iama.pools import Pool
+from iama.stats import mean_ci
 
 
 @pytest.fixture(scope="module")
 def tiny_backend():
     torch = pytest.importorskip("torch")
-    from iama.decode import HFBackend
+    from iama.backends import HFBackend
 
     torch.set_num_threads(1)
     return HFBackend("tiny-gpt2", batch_size=128)
@@ -273,7 +275,8 @@ def test_eval_from_pool_files_with_different_labels_aligns_prompts(tmp_path):
 
 
 def test_pooled_estimates_agree_with_naive_sampling_on_the_tiny_model(tiny_backend):
-    from iama.decode import GenerationSettings, build_rewards, sample_pool
+    from iama.backends import GenerationSettings
+    from iama.pools import build_rewards, sample_pool
 
     criteria = [{"name": "short", "reward": "length:8:32", "algorithm": "bon:4", "weight": 1.0}]
     rewards = build_rewards(criteria, tiny_backend.tokenizer)
