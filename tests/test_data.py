@@ -408,3 +408,12 @@ def test_arith_hard_config_trains_on_the_training_split():
     prompts = load_prompts(cfg.prompts, limit=cfg.max_prompts)
     require_column(prompts, "answer", cfg.prompts)
     assert set(prompts.columns["split"]) == {"train"} and cfg.criteria[0].reward == "answer"
+
+
+def test_collect_prompts():
+    from iama.data import collect_prompts, load_prompts
+
+    assert collect_prompts(["a", " "], None) == ["a"]
+    assert collect_prompts(["a"], "builtin", limit=2, offset=3) == ["a"] + load_prompts(limit=5)[3:]
+    with pytest.raises(ValueError, match="no prompts"):
+        collect_prompts([], None)
