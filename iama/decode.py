@@ -21,7 +21,7 @@ from .pools import answer_key_read, build_rewards, check_prompt_columns, sample_
 from .rewards import check_reward, reward_gives_answers
 from .utils import check_output_file
 
-# importable from here too, as before the sampling layer had its own modules
+# the sampling layer's public names, importable from iama.decode too
 from .backends import HFBackend, VLLMBackend  # noqa: F401
 from .data import collect_prompts  # noqa: F401
 from .pools import answer_key_json, model_fingerprint, read_pool, score_candidates  # noqa: F401

@@ -29,7 +29,7 @@ from .rewards import check_reward, reward_gives_answers
 from .stats import positive_mean_ci
 from .utils import atomic_write_json, check_output_dir, json_safe, machine_info, safe_name
 
-# importable from here too, as before estimation had its own module
+# the estimators' public names, importable from iama.evaluate too
 from .estimate import (criteria_families, cross_estimates, effective_n, value_estimates,  # noqa: F401
                        win_rate_estimates)
 

@@ -4,6 +4,9 @@ TRL computes one reward per criterion per completion and gathers them across pro
 we turn the gathered (groups, M, criteria) rewards into first-variation estimates minus a leave-one-out
 baseline (the objective), and put this process's slice in place of TRL's advantages. Everything else
 (generation, vLLM, PEFT, the clipped loss, the KL penalty, accelerate/DeepSpeed) is TRL's.
+
+Over 500 lines because the trainer subclass and the run around it (resuming, saving, the model card) change
+together.
 """
 
 from __future__ import annotations
