@@ -52,8 +52,11 @@ def main(argv=None) -> dict:
     import torch
 
     from iama.data import load_prompts
-    from iama.decode import GenerationSettings, build_rewards, make_backend, parse_model_arg, sample_pool
-    from iama.evaluate import mean_ci, value_estimates
+    from iama.backends import GenerationSettings, make_backend
+    from iama.config import parse_model_arg
+    from iama.estimate import value_estimates
+    from iama.pools import build_rewards, sample_pool
+    from iama.stats import mean_ci
     from iama.utils import atomic_write_json, atomic_write_text, machine_info
 
     if args.threads:

@@ -92,7 +92,7 @@ class Estimates:
     """Per-prompt estimates by iama's estimators, looked up by the sufficient counts of a prompt's 16 samples."""
 
     def __init__(self):
-        from iama.evaluate import value_estimates
+        from iama.estimate import value_estimates
 
         self.value_estimates = value_estimates
         ones = (np.arange(M)[None, :] < np.arange(M + 1)[:, None]).astype(np.float64)  # row c: c successes
@@ -127,7 +127,7 @@ def simulate(quantity, q, rng, est, shift, chunk=20000):
         wrong = rng.multinomial(M - right, WRONG_SHARES)
         return est.maj8(right, wrong).reshape(shape)
     if quantity == "win rate bon:4":
-        from iama.evaluate import win_rate_estimates
+        from iama.estimate import win_rate_estimates
 
         flat = q.ravel()
         out = np.empty(flat.size)

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iama.data import prompt_key
-from iama.decode import GenerationSettings, HFBackend, collect_prompts
+from iama.backends import GenerationSettings, HFBackend
+from iama.data import collect_prompts
 from iama.kl import completion_logprobs
 from iama.utils import atomic_write_json, machine_info
 

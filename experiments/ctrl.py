@@ -400,12 +400,12 @@ def calibrate_tasks(design: dict, out: Path, progress: bool) -> None:
 
 
 def train_runs(runs: list[Run], out: Path, slots: int, threads: int, progress: bool) -> None:
-    """`iama train` for every run, `slots` at a time (iama.demo.train_side_by_side); each run's config is written
+    """`iama train` for every run, `slots` at a time (iama.runs.train_side_by_side); each run's config is written
     to OUT/TASK/configs/LABEL.yaml, its output goes to OUT/TASK/runs/LABEL.log."""
     import yaml
 
     from iama.config import to_dict
-    from iama.demo import train_side_by_side
+    from iama.runs import train_side_by_side
 
     jobs = {}
     for run in runs:
@@ -430,7 +430,7 @@ def pool_path(folder: Path, label: str) -> Path | None:
 
 def complete_pool(folder: Path, label: str, num_prompts: int, m: int) -> Path | None:
     """The pool of `label` if it holds `num_prompts` prompts with M samples each."""
-    from iama.decode import read_pool
+    from iama.pools import read_pool
 
     path = pool_path(folder, label)
     if path is None:
@@ -478,7 +478,7 @@ def run_side_by_side(jobs: dict, slots: int, threads: int, progress: bool) -> No
     its error line."""
     from tqdm.auto import tqdm
 
-    from iama.demo import _error_line
+    from iama.runs import _error_line
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     pending, procs, bars = list(jobs), {}, {}
@@ -566,7 +566,7 @@ def training_kl(metrics_csv: Path, target: float) -> dict:
 
 def win_rates(pool_rewards, ref_rewards, algorithm) -> np.ndarray:
     """(P,) per-prompt unbiased win rates of a policy's pool against the reference's under the decoding (ties half)."""
-    from iama.evaluate import win_rate_estimates
+    from iama.estimate import win_rate_estimates
 
     alg = parse_algorithm(algorithm)
     return win_rate_estimates(pool_rewards, ref_rewards, alg.family, [alg.n])[:, 0]
@@ -636,8 +636,7 @@ def matched_kl_difference(rows: list[dict], a: str, b: str) -> float | None:
 
 def analyse(design: dict, out: Path, bootstrap: int = 2000, confidence: float = 0.95) -> dict:
     """Every run's row, every (reward, target)'s seed-averaged point and the contrasts, from the files."""
-    from iama.decode import read_pool
-    from iama.evaluate import Pool, align_pools
+    from iama.pools import Pool, align_pools, read_pool
     from iama.stats import bootstrap_weights, bounded_mean_ci, percentile_ci, positive_mean_ci
 
     rows, groups, result = [], [], {}

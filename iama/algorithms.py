@@ -9,6 +9,9 @@ Its first variation (up to a constant; we always return this canonical form) is
 `Tilted` is the N -> infinity limit of soft best-of-N: T[pi] ∝ pi * exp(r / tau).
 
 Every array function works on the last axis, so a batch of groups of shape (..., M) is handled at once.
+
+Over 500 lines because it is the algorithms themselves: each one class (value, first variation, estimators,
+selection) registered in ALGORITHMS, and they read best side by side.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ def _calibrate(args):
 def _decode(a):
     import json
 
-    from .decode import collect_prompts, decode
+    from .data import collect_prompts
+    from .decode import decode
 
     prompts = collect_prompts(a.prompt, a.prompts, column=a.prompt_column, split=a.prompt_split, limit=a.limit,
                               offset=a.offset)

@@ -362,6 +362,64 @@ def to_dict(cfg: TrainConfig) -> dict:
     return out
 
 
+# where and how a run logs and saves, and what only a report reads: free to change when it resumes
+RESUME_FREE = {"output_dir", "resume", "keep_checkpoints", "max_dropped_steps", "sweep_reference", "trl.report_to",
+               "trl.logging_steps", "trl.logging_dir", "trl.save_steps", "trl.save_total_limit", "trl.disable_tqdm"}
+
+
+def settings_differ(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The keys (trl.KEY for TRL's) in which a saved config dict and `cfg` differ, beyond RESUME_FREE."""
+
+    def flat(d):
+        d = yaml.safe_load(yaml.safe_dump(d, sort_keys=False))  # the same YAML round trip for both
+        return {**{k: v for k, v in d.items() if k != "trl"}, **{f"trl.{k}": v for k, v in (d.get("trl") or {}).items()}}
+
+    saved = saved or {}
+    try:  # read as any config, so that one written by an earlier version compares by what it means
+        saved = to_dict(load_config(None, check_model=False, **saved))
+    except ConfigError:
+        pass  # one this version cannot read is compared as written
+    saved, now = flat(saved), flat(to_dict(cfg))
+    return sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
+
+
+@dataclass
+class ModelSpec:
+    """A model to sample from: its label in reports, what to load, and its run's config when it is a run."""
+
+    label: str
+    model: str  # what to load: a directory, a built-in name or a hub id
+    config: TrainConfig | None  # the training run's config, when the argument is a run
+
+
+def parse_model_arg(arg) -> ModelSpec:
+    """'LABEL=PATH', a run directory (its final/ model and config), a model directory, a built-in or a hub id."""
+    text = str(arg)
+    label = None
+    if "=" in text and not Path(text).expanduser().exists():
+        label, text = (s.strip() for s in text.split("=", 1))
+        if not label or not text:
+            raise ValueError(f"model {arg!r}: write LABEL=PATH")
+    p = Path(text).expanduser()
+    config = None
+    if p.is_dir():
+        config = load_config(p, check_model=False) if run_config_file(p) else None
+        if (p / "final").is_dir():
+            model = str(p / "final")
+        elif (p / "config.json").is_file():
+            model = str(p)
+        elif config is not None:
+            raise ValueError(f"run {text!r} has no final/ model yet (training not finished?); pass one of its "
+                             "checkpoint-* folders instead")
+        else:
+            raise ValueError(f"model {text!r}: a directory with neither final/ nor config.json")
+        default = p.parent.name if p.name == "final" else p.name
+    else:
+        model = text
+        default = text.rstrip("/").split("/")[-1]
+    return ModelSpec(label or default, model, config)
+
+
 def check_voting(criteria) -> None:
     """A criterion decoded or evaluated with a voting algorithm (maj:N) needs a reward that gives answers: one
     line naming it otherwise, before any model loads."""

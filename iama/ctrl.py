@@ -7,6 +7,9 @@ algorithm (identity for sampling, exp(t u) for best-of-N, -exp(-t u) for worst-o
 Plan: in the 1-D model of the calibrated reward the aligned policy has density p(u) ∝ exp(Phi(u) / beta) on
 [0, 1]; that gives KL and the inference-time win rate in closed form, so the transform's parameter and beta can
 be picked for a KL budget before any training, and compared with the optimal transform.
+
+Over 500 lines because calibration, transforms and the planner share the calibrated reward's definition and
+the 1-D model's quadrature; `iama calibrate` fills the store from here too.
 """
 
 from __future__ import annotations
@@ -585,7 +588,7 @@ def calibrate(cfg, k: int = 32, batch_size: int = 8, seed: int = 0, progress: bo
     scored by each calibrated criterion's reward and kept in the store at cfg.calibration. Prompts are keyed as
     the trainer will see them (conversations for a chat model), lengths count the EOS as TRL does. Resumable."""
     from .data import as_conversation, load_prompts
-    from .decode import GenerationSettings, HFBackend
+    from .backends import GenerationSettings, HFBackend
     from .models import resolve_model
     from .rewards import build_reward
 

@@ -91,6 +91,40 @@ def load_prompts(source=BUILTIN, column="prompt", split="train", limit=None) -> 
     return prompts
 
 
+def collect_prompts(prompts=(), source=None, *, column: str = "prompt", split: str = "train", limit=None,
+                    offset: int = 0) -> Prompts:
+    """The prompts given as arguments, then `limit` prompts of `source` (load_prompts: 'builtin', a file,
+    'hf:NAME') after skipping `offset` of them (e.g. the ones a run trained on), as Prompts: the
+    source's other columns come along (None for the prompts given as arguments), and `.source` says where the
+    prompts came from (for error messages such as a missing reference column)."""
+    given = [p for p in (prompts or ()) if str(p).strip()]
+    given_columns = getattr(prompts, "columns", None) or {}
+    if given_columns:  # a Prompts given: keep the columns of the prompts kept
+        kept = [j for j, p in enumerate(prompts) if str(p).strip()]
+        given_columns = {k: [v[j] for j in kept] for k, v in given_columns.items()}
+    loaded = Prompts()
+    if source is not None:
+        if int(offset) < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        if limit is not None and int(limit) < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        loaded = load_prompts(source, column=column, split=split,
+                              limit=None if limit is None else int(offset) + int(limit))[int(offset):]
+        if not loaded:
+            raise ValueError(f"prompts {source!r}: none left after skipping {offset}")
+    if prompts and not given and source is None:
+        raise ValueError("the prompts given are empty (--prompt ''): give a prompt's text")
+    if not given and not loaded:
+        raise ValueError("no prompts: give prompts as arguments or a prompt source (a file, 'builtin', 'hf:NAME')")
+    names = list(dict.fromkeys([*given_columns, *loaded.columns]))
+    out = Prompts(given + list(loaded), {
+        name: list(given_columns.get(name, [None] * len(given))) + list(loaded.columns.get(name, [None] * len(loaded)))
+        for name in names})
+    out.source = (getattr(prompts, "source", None) or "the prompts given") if source is None else (
+        str(source) if not given else f"the prompts given and {source}")
+    return out
+
+
 def prompt_key(prompt) -> str:
     """The one key of a prompt in pools, calibration stores and KL tables: its text, or for a conversation (a
     list of messages) its canonical JSON, non-ASCII kept as is (the stores are JSON files people read)."""

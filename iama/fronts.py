@@ -1,5 +1,6 @@
 """Pareto fronts and hypervolumes of models in criterion space (every criterion maximised), with paired
-bootstrap intervals over prompts: what `iama sweep` compares GRPO and IAMA by."""
+bootstrap intervals over prompts: what `iama sweep` compares GRPO and IAMA by; and the fronts per N of an
+evaluation's report (pareto_fronts)."""
 
 from __future__ import annotations
 
@@ -169,3 +170,25 @@ def pearson_bootstrap(x, y, *, resamples: int = 1000, confidence: float = 0.95, 
         r = cov / np.sqrt(vx * vy)
     lo, hi = percentile_ci(r[1:], confidence)
     return {"mean": float(r[0]), "ci_low": float(lo), "ci_high": float(hi)}
+
+
+def pareto_fronts(models: dict, names, configured) -> dict:
+    """Per N (up to the smallest M), the non-dominated models in criterion space, each criterion at its own
+    family's value at N (sampling and tilted criteria at their single value); configured: each criterion's
+    algorithm."""
+    labels = list(models)
+    m = min(models[k]["m"] for k in labels)
+    fronts = {}
+    for n in range(1, m + 1):
+        points = []
+        for k in labels:
+            row = []
+            for name, alg in zip(names, configured):
+                curve = models[k]["values"][name][alg.family]
+                row.append(curve["mean"][curve["n"].index(n)] if n in curve["n"] else curve["mean"][0])
+            points.append(row)
+        mask = pareto_mask(points)
+        fronts[str(n)] = {"front": [k for k, f in zip(labels, mask) if f],
+                          "points": {k: list(map(float, pt)) for k, pt in zip(labels, points)}}
+    return {"criteria": list(names), "fronts": fronts}
+

@@ -19,6 +19,8 @@ Four experiments, each writing NAME.png and NAME.json into an output directory:
   beyond       the plugin estimator's bias when N exceeds the group size M (N = 2M, 4M) on a few reward laws
   voting       the dense surrogate for majority voting (maj_dense:N) against maj@N's exact first variation, on
                answer laws with one right answer and 1, 2 or 5 wrong ones
+
+Over 500 lines because each experiment is a function with its figure, all on the same exact policies.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Writing an evaluation report: report.json (schema: docs/formats.md), report.md and PNG plots (matplotlib Agg).
 
-Everything here reads the report dict that `iama.evaluate.estimate` returns; nothing is estimated here."""
+Everything here reads the report dict that `iama.estimate.estimate` returns; nothing is estimated here."""
 
 from __future__ import annotations
 

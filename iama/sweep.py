@@ -5,17 +5,16 @@ methods' Pareto fronts at N = 1, 2, 4, 8 by hypervolume with paired bootstrap in
 For two criteria a weight w gives the first criterion w and the second 1 - w; for more, a weight is a point of
 the simplex (W1:W2:...:Wm). `iama` is the config as written with those weights, `grpo` the same config with
 `sampling` for every criterion and GRPO's group-mean baseline. Runs train in DIR/runs/METHOD-wW, a queue of
---jobs processes at a time (iama.demo.train_side_by_side). DIR/sweep.yaml (the config, then `sweep:` with the
-weights, methods and evaluation settings) makes the sweep resumable: finished runs are kept, interrupted ones
-resume from their last checkpoint, and a DIR of another config is refused. The evaluation (iama.evaluate,
-with KL to the untrained model) writes DIR/eval/; this module reads its pools and writes DIR/report.md,
-DIR/report.json and DIR/fronts.png.
+--jobs processes at a time (iama.runs). DIR/sweep.yaml (the config, then `sweep:` with the weights, methods and
+evaluation settings) makes the sweep resumable: finished runs are kept, interrupted ones resume from their last
+checkpoint, and a DIR of another config is refused. The evaluation (iama.evaluate, with KL to the untrained
+model) writes DIR/eval/; this module reads its pools into DIR/report.json, and iama.sweep_report writes
+DIR/report.md and DIR/fronts.png.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,12 +106,13 @@ class Point:
     seed: int | None = None  # None: the config's seed, one run per point
 
 
-def plan_points(config, overrides, weights, methods, runs: Path, seeds=None) -> list[Point]:
+def plan_points(base, config, overrides, weights, methods, runs: Path, seeds=None) -> list[Point]:
     """Every (weight, method[, seed]) in that order (each weight's runs together), its config validated. With
-    seeds, point (w, method) is trained once per seed, in runs/METHOD-wW-sSEED."""
+    seeds, point (w, method) is trained once per seed, in runs/METHOD-wW-sSEED. `base`: the config as loaded
+    from `config` and `overrides`; each point's config is loaded from its own `iama train` arguments, so that it
+    is the config its training process reads."""
     from .config import grpo_overrides, load_config
 
-    base = load_config(config, overrides)
     points = []
     for w in weights:
         for method in methods:
@@ -129,7 +129,7 @@ def plan_points(config, overrides, weights, methods, runs: Path, seeds=None) -> 
 def merge_with_saved(path: Path, base, settings: dict, weights, methods):
     """(weights, methods) of the sweep in `path` (sweep.yaml) joined with these, or these when there is none;
     a sweep of another config or evaluation settings is an error naming the keys that differ."""
-    from .trainer import settings_differ
+    from .config import settings_differ
 
     if not path.is_file():
         return weights, methods
@@ -161,10 +161,11 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     eval_offset: the first held-out prompt (default: after the config's max_prompts)."""
     import torch
 
-    from .config import load_config, to_dict
-    from .decode import collect_prompts
-    from .demo import train_side_by_side
+    from .config import ModelSpec, load_config, to_dict
+    from .data import collect_prompts
     from .evaluate import evaluate
+    from .runs import cpu_cores, train_side_by_side
+    from .sweep_report import write_sweep_report
     from .trainer import completed
     from .utils import atomic_write_text, check_bootstrap, check_output_dir, safe_name
 
@@ -203,7 +204,7 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
                 **({"eval_offset": eval_offset} if eval_offset is not None else {})}
     weights, methods = merge_with_saved(out / "sweep.yaml", base, settings, weights, methods)
     weights, methods = weights or default_weights(k), methods or list(METHODS)
-    points = plan_points(config, overrides, weights, methods, out / "runs", seeds)
+    points = plan_points(base, config, overrides, weights, methods, out / "runs", seeds)
     on_file = evaluated_points(out / "eval", [p.label for p in points], eval_prompts, m)
     # a run folder of other settings stops here; a point evaluated already needs no weights
     done = {p.label: True if p.label in on_file else completed(p.cfg) for p in points}
@@ -214,14 +215,15 @@ def run_sweep(config, overrides=(), *, weights=None, methods=None, jobs=None, ou
     print(f"== sweep: {len(points)} points ({', '.join(methods)} at {len(weights)} weights), "
           f"{len(points) - len(todo)} finished, {len(todo)} to train ==", flush=True)
     if todo:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = cpu_cores()
         slots = min(jobs or (1 if torch.cuda.is_available() else cores), len(todo))
         train_side_by_side(todo, threads=max(1, cores // slots), progress=progress, slots=slots)
 
     print(f"== evaluating {len(points)} points and the untrained model on {eval_prompts} held-out prompts, "
           f"M = {m} samples each, then their KL to the untrained model ==", flush=True)
-    evaluation = evaluate([f"untrained={base.model}", *[f"{p.label}={p.cfg.output_dir}" for p in points
-                                                        if p.label not in on_file]],
+    # each point's model with the config it was trained with, not read back from its folder
+    evaluation = evaluate([f"untrained={base.model}", *[ModelSpec(p.label, str(Path(p.cfg.output_dir) / "final"),
+                                                                  p.cfg) for p in points if p.label not in on_file]],
                           pools=[out / "eval" / "pools" / f"{safe_name(k)}.jsonl" for k in on_file],
                           config=base, reference="untrained", prompts=base.prompts,
                           prompt_column=base.prompt_column, prompt_split=base.prompt_split, limit=eval_prompts,
@@ -251,7 +253,7 @@ def evaluated_points(folder: Path, labels, num_prompts: int, m: int) -> set[str]
     pools and kl.json alone (e.g. committed, on another machine) trains and samples only the other points."""
     import json
 
-    from .decode import read_pool
+    from .pools import read_pool
     from .utils import safe_name
 
     cache = folder / "kl.json"
@@ -292,7 +294,7 @@ def check_primary(primary_n, m: int) -> None:
 def _values_at(pool, criterion, n: int) -> np.ndarray:
     """(P,) per-prompt values of one criterion under its algorithm's family at N (sampling and tilted do not
     depend on N; majority voting reads the pool's answers)."""
-    from .evaluate import value_estimates
+    from .estimate import value_estimates
 
     alg, i = criterion.algorithm, pool.criteria.index(criterion.name)
     return value_estimates(pool.rewards[:, :, i], alg.family, [n] if alg.increasing is not None else None, rng=0,
@@ -309,8 +311,8 @@ def analyse(out: Path, base, points: list[Point], evaluation: dict, *, bootstrap
     nadir at that N, the criteria's floors where known), so that a reader sees whether its sign depends on the
     reference. With seeds, a method's quantity is the mean over its seeds and every interval resamples seeds and
     prompts (stats.seed_resample), with the same seed draws at every N."""
-    from .decode import read_pool
-    from .evaluate import Pool, align_pools, criterion_bounds, objective_bounds, paired_difference
+    from .estimate import criterion_bounds, objective_bounds, paired_difference
+    from .pools import Pool, align_pools, read_pool
     from .fronts import bootstrap_fronts, pearson_bootstrap
     from .objective import Criterion, Objective
     from .stats import bootstrap_weights, percentile_ci, seed_draws, seed_resample, value_ci
@@ -475,182 +477,3 @@ def _shown(path) -> str:
     from .config import config_name, resolve_config
 
     return config_name(resolve_config(path))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the report
-
-
-def _seed_parts(e) -> str:
-    if e.get("se_between") is None:
-        return ""
-    return f" (SE within seeds {e['se_within']:.3g}, between seeds {e['se_between']:.3g})"
-
-
-def _ci(e, digits=4) -> str:
-    if e is None or e.get("mean") is None:
-        return "–"
-    if e.get("ci_low") is None:
-        return f"{e['mean']:.{digits}g}"
-    return f"{e['mean']:.{digits}g} [{e['ci_low']:.{digits}g}, {e['ci_high']:.{digits}g}]"
-
-
-def _markdown(r: dict) -> str:
-    from .report import _machine_line, _table
-
-    names = [c["name"] for c in r["criteria"]]
-    conf = round(100 * r["confidence"])
-    methods = list(dict.fromkeys(p["method"] for p in r["points"].values()))
-    ref, ev = r["reference_point"], r["evaluation"]
-    steps = ", ".join(map(str, sorted({p["max_steps"] for p in r["points"].values()})))
-    held_out = (f"held out (from prompt {ev['offset']} on; the runs trained on the first "
-                f"{ev.get('trained_on', ev['offset'])})" if ev["offset"]
-                else "(not held out: the config trains on all prompts)")
-    families = ", ".join(f"{c['name']}: {c['family']}" for c in r["criteria"])
-    reference = ", ".join(f"{v:.4g}" for v in ref["values"])
-    algorithms = ", ".join(f"{k}: {v}" for k, v in r["objective"]["algorithms"].items())
-    out = ["# Weight sweep: IAMA against GRPO", ""]
-    if r.get("command"):
-        out.append(f"Made by `{r['command']}` on {_machine_line(r['machine'])}.")
-    out += ["Config `{}`; {}. {} points, {} steps each (runs in `runs/`). Evaluated on {} prompts {}, M = {} samples "
-            "each; the full evaluation is in [eval/report.md](eval/report.md).".format(
-                r["config"], "; ".join(f"`{k}`: {v}" for k, v in r["methods"].items() if k in methods),
-                len(r["points"]), steps, ev["num_prompts"], held_out, ev["m"]), "",
-            _table(["criterion", "reward", "algorithm"],
-                   [[c["name"], f"`{c['reward']}`", c["algorithm"]] for c in r["criteria"]]), ""]
-
-    p = r.get("primary")
-    if p:
-        seeds = r.get("seeds")
-        over = (f"over {len(seeds)} seeds ({', '.join(map(str, seeds))}) and prompts" if seeds else
-                "over prompts; one training run per point, so the intervals hold the trained models fixed")
-        out += ["## Primary contrast", "",
-                f"Declared before the run: the hypervolume difference IAMA − GRPO at N = {p['n']}, {conf}% "
-                f"interval {over}.", "",
-                f"- **N = {p['n']}: {_ci(p)}**" + _seed_parts(p)]
-        t = p.get("turning")
-        if t:
-            out.append(f"- The turning contrast, diff(N = {t['n_high']}) − diff(N = {t['n_low']}) (do the fronts "
-                       f"change order with the budget?): {_ci(t)}, paired in prompts" + (" and seeds" if seeds else ""))
-        sec = p["secondary"]
-        if sec["n"]:
-            out.append(f"- Secondary budgets (N = {', '.join(map(str, sec['n']))}): {sec['adjustment']}-adjusted "
-                       f"{100 * sec['confidence']:.4g}% intervals in the hypervolume table below.")
-        out.append("")
-
-    out += ["## How much the criteria conflict", "",
-            f"Pearson correlation of the rewards over the untrained model's samples, {conf}% bootstrap interval "
-            "over prompts (negative: the criteria conflict):", ""]
-    out += [f"- {a} and {b}: {_ci(c, 3)}" for c in r["correlation"] for a, b in [c["criteria"]]]
-
-    out += ["", "## Hypervolume", "",
-            f"Each criterion under its configured family at N ({families}); the hypervolume of each method's points "
-            f"above the reference point ({reference}, {ref['from']}). {conf}% percentile bootstrap over prompts, the "
-            "same resamples for every model (the difference is paired)"
-            + ("; with seeds, a method's hypervolume is the mean of its seeds' fronts'." if r.get("seeds") else ".")
-            + " The adjusted column widens the secondary budgets' intervals for multiplicity.", ""]
-    rows = []
-    for n, e in r["fronts"].items():
-        adj = (e["difference"] or {}).get("adjusted")
-        rows.append([n + (" (primary)" if p and n == str(p["n"]) else ""),
-                     *[_ci(e["methods"][k]["hypervolume"]) for k in methods], _ci(e["difference"]),
-                     f"[{adj['ci_low']:.4g}, {adj['ci_high']:.4g}]" if adj else "–",
-                     "; ".join(f"{k}: {', '.join(e['methods'][k]['front'])}" for k in methods)])
-    out += [_table(["N", *methods, "iama − grpo", "adjusted", "fronts"], rows), ""]
-    others = sorted({name for e in r["fronts"].values() for name in e.get("by_reference") or {}})
-    if others:
-        described = {"nadir": "the trained points' nadir at that N (the worst value of each criterion over all "
-                              "trained points)", "floor": "the criteria's floors (their rewards' lowest values)"}
-        out += ["Does the sign depend on the reference point? IAMA − GRPO above other references, "
-                f"{conf}% intervals: " + "; ".join(f"{k}: {described.get(k, k)}" for k in others) + ".", ""]
-        out += [_table(["N", f"untrained N = 1 (default)", *others],
-                       [[n, _ci(e["difference"]), *[_ci(e["by_reference"].get(k)) for k in others]]
-                        for n, e in r["fronts"].items()]), ""]
-
-    out += ["## Objective per weight", "",
-            f"The weighted objective at the configured algorithms ({algorithms}, aggregator {r['aggregator']}), "
-            f"each weight's own; {conf}% bootstrap, the difference paired.", ""]
-    cols = ["untrained", *methods]
-    out += [_table(["weights", *cols, "iama − grpo"],
-                   [[":".join(f"{v:g}" for v in e["weights"]), *[_ci(e["values"].get(k)) for k in cols],
-                     _ci(e["difference"])] for e in r["objective"]["per_weight"]]), ""]
-
-    kl = r.get("kl") or {}
-    note = f" ({kl['note']})" if kl.get("note") else ""
-    targets = {e.get("target_kl") for e in (kl.get("models") or {}).values()} - {None}
-    if targets:
-        off = [k for k, e in kl["models"].items() if e.get("off_target")]
-        note += (f"; per token against target_kl {', '.join(map(str, sorted(targets)))}: "
-                 + (f"**off target by more than 25%: {', '.join(off)}**" if off else "every point within 25%"))
-    out += ["## Points", "",
-            f"Mean values ({', '.join(names)}) at each N, * on its method's front; KL(point || untrained) in nats "
-            f"per completion from the point's own pool{note}; intervals {conf}% (those of the values in "
-            "report.json).", ""]
-    ns = list(r["fronts"])
-    rows = []
-    for label in ["untrained", *r["points"]]:
-        cells = []
-        for n in ns:
-            e = r["fronts"][n]
-            front = any(label in v["front"] for v in e["methods"].values())
-            cells.append("(" + ", ".join(f"{v:.3g}" for v in e["points"][label]["mean"]) + ")" + "*" * front)
-        e = (kl.get("models") or {}).get(label) or {}
-        per_token = "–" if e.get("per_token") is None else f"{e['per_token']:.3g}" + " (off)" * bool(e.get("off_target"))
-        rows.append([label, *cells, _ci(e or None, 3), per_token])
-    out += [_table(["point", *[f"N = {n}" for n in ns], "KL", "per token"], rows), ""]
-    out += ["## Fronts", "", f"![fronts]({r['plots']['fronts']})", ""] if r.get("plots") else []
-    return "\n".join(out).rstrip() + "\n"
-
-
-def plot_fronts(r: dict, path: Path) -> Path:
-    """A panel per N: each point with its per-coordinate interval, each method's front as a staircase, the
-    reference point. With three or more criteria, the first two (the staircases are then not drawn)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .fronts import front_line
-    from .utils import save_figure
-
-    names = [c["name"] for c in r["criteria"]]
-    two = len(names) == 2
-    ref = r["reference_point"]["values"][:2]
-    ns = list(r["fronts"])
-    colors = {"iama": "tab:red", "grpo": "tab:blue", "untrained": "grey"}
-    fig, axes = plt.subplots(1, len(ns), figsize=(4.4 * len(ns), 4.2), squeeze=False)
-    for ax, n in zip(axes[0], ns):
-        e = r["fronts"][n]
-        for label, pt in e["points"].items():
-            method = r["points"][label]["method"] if label in r["points"] else "untrained"
-            mean, lo, hi = (np.array(pt[k][:2], dtype=float) for k in ("mean", "ci_low", "ci_high"))
-            ax.errorbar(mean[0], mean[1], xerr=[[mean[0] - lo[0]], [hi[0] - mean[0]]],
-                        yerr=[[mean[1] - lo[1]], [hi[1] - mean[1]]], fmt="o", ms=4, color=colors[method],
-                        elinewidth=0.6, capsize=2, alpha=0.8, label="untrained" if method == "untrained" else None)
-            if label in r["points"]:
-                ax.annotate(":".join(f"{v:g}" for v in r["points"][label]["weights"][:1 if two else None]),
-                            mean, fontsize=6, xytext=(3, 3), textcoords="offset points", color=colors[method])
-        for method, entry in e["methods"].items():
-            pts = [e["points"][k]["mean"][:2] for k in entry["front"]]
-            if two and pts:
-                line = front_line(pts, ref)
-                ax.plot(line[:, 0], line[:, 1], color=colors[method], linewidth=1.2, label=method)
-            else:
-                ax.plot([], [], color=colors[method], marker="o", linestyle="none", label=method)
-        ax.plot(*ref, marker="x", color="black", linestyle="none", markersize=7, label="reference")
-        ax.set_xlabel(f"{names[0]} ({r['criteria'][0]['family']})")
-        ax.set_ylabel(f"{names[1]} ({r['criteria'][1]['family']})")
-        ax.set_title(f"N = {n}" + ("" if two else f" (first two of {len(names)} criteria)"), fontsize=9)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"each point labelled by its weight{'' if two else 's'}" + (f" of {names[0]}" if two else "")
-                 + f"; bars: {round(100 * r['confidence'])}% intervals per criterion", fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def write_sweep_report(report: dict, out: Path) -> None:
-    from .utils import atomic_write_json, atomic_write_text
-
-    report["plots"] = {"fronts": plot_fronts(report, out / "fronts.png").name}
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", _markdown(report))

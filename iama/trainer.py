@@ -4,6 +4,9 @@ TRL computes one reward per criterion per completion and gathers them across pro
 we turn the gathered (groups, M, criteria) rewards into first-variation estimates minus a leave-one-out
 baseline (the objective), and put this process's slice in place of TRL's advantages. Everything else
 (generation, vLLM, PEFT, the clipped loss, the KL penalty, accelerate/DeepSpeed) is TRL's.
+
+Over 500 lines because the trainer subclass and the run around it (resuming, saving, the model card) change
+together.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from .config import (ConfigError, TrainConfig, build_objective, check_training, grpo_config, load_config, to_dict,
-                     validate)
+from .config import (ConfigError, TrainConfig, build_objective, check_training, grpo_config, settings_differ,
+                     to_dict, validate)
 from .rewards import answers_method
 from .steps import apply_policy, step_metrics
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_dir
@@ -394,32 +397,11 @@ class CSVLogger(TrainerCallback):
 # building and running a training job from a TrainConfig
 
 
-# where and how a run logs and saves, and what only a report reads: free to change when it resumes
-RESUME_FREE = {"output_dir", "resume", "keep_checkpoints", "max_dropped_steps", "sweep_reference", "trl.report_to",
-               "trl.logging_steps", "trl.logging_dir", "trl.save_steps", "trl.save_total_limit", "trl.disable_tqdm"}
-
-
 def changed_settings(output_dir, cfg: TrainConfig) -> list[str]:
     """The settings in which `cfg` differs from the run saved in output_dir/config.yaml (none if there is none),
     so that a resumed or finished run is never silently one of other settings."""
     path = Path(output_dir) / "config.yaml"
     return settings_differ(yaml.safe_load(path.read_text()), cfg) if path.is_file() else []
-
-
-def settings_differ(saved: dict, cfg: TrainConfig) -> list[str]:
-    """The keys (trl.KEY for TRL's) in which a saved config dict and `cfg` differ, beyond RESUME_FREE."""
-
-    def flat(d):
-        d = yaml.safe_load(yaml.safe_dump(d, sort_keys=False))  # the same YAML round trip for both
-        return {**{k: v for k, v in d.items() if k != "trl"}, **{f"trl.{k}": v for k, v in (d.get("trl") or {}).items()}}
-
-    saved = saved or {}
-    try:  # read as any config, so that one written by an earlier version compares by what it means
-        saved = to_dict(load_config(None, check_model=False, **saved))
-    except ConfigError:
-        pass  # one this version cannot read is compared as written
-    saved, now = flat(saved), flat(to_dict(cfg))
-    return sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
 
 
 def last_checkpoint(output_dir) -> str | None:

@@ -17,17 +17,17 @@ CTRL = ROOT / "iama" / "configs" / "ctrl-sentiment.yaml"
 @pytest.fixture
 def no_model(monkeypatch):
     """Every way a command loads a model or starts training fails the test instead."""
-    import iama.decode
-    import iama.demo
+    import iama.backends
     import iama.models
+    import iama.runs
     import iama.trainer
 
     def forbidden(*a, **k):
         raise AssertionError("a model was loaded or a run started")
 
-    for module, name in [(iama.models, "load_model"), (iama.models, "resolve_model"), (iama.decode, "make_backend"),
-                         (iama.decode, "HFBackend"), (iama.trainer, "build_trainer"),
-                         (iama.demo, "train_side_by_side")]:
+    for module, name in [(iama.models, "load_model"), (iama.models, "resolve_model"), (iama.backends, "make_backend"),
+                         (iama.backends, "HFBackend"), (iama.trainer, "build_trainer"),
+                         (iama.runs, "train_side_by_side")]:
         monkeypatch.setattr(module, name, forbidden)
 
 

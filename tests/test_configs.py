@@ -116,7 +116,7 @@ def test_a_run_of_an_earlier_version_reads_as_what_it_means(tmp_path):
     """Earlier versions saved the criteria as written (no weight, non-canonical algorithms): a run directory
     still loads, and resuming it under the same settings finds nothing changed."""
     from iama.config import to_dict
-    from iama.trainer import settings_differ
+    from iama.config import settings_differ
 
     cfg = load_config(None, criteria=[{"name": "len", "reward": "length:8:32", "algorithm": "bon:4"}],
                       output_dir=str(tmp_path / "run"))

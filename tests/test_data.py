@@ -145,7 +145,7 @@ def test_grim_prompt_set_has_a_fixed_split():
     """builtin:grim, sombre subjects for the on-topic vs upbeat sweep: the first 160 prompts are for training
     (`max_prompts: 160`), the next 60 held out (`iama eval --offset 160 --limit 60`), then the "confirm" prompts,
     added after the first sweep, for a confirmatory evaluation (`--offset 220`), as the "split" field says."""
-    from iama.decode import collect_prompts
+    from iama.data import collect_prompts
 
     prompts = load_prompts("builtin:grim")
     lines = builtin_path("grim").read_text(encoding="utf-8").splitlines()
@@ -176,8 +176,7 @@ def test_one_prompt_key_for_pools_and_calibration_stores(tmp_path):
     """A non-ASCII conversation keys a calibration store and a pool alike, through their files and back."""
     from iama.ctrl import CalibrationStore
     from iama.data import prompt_key
-    from iama.decode import read_pool, write_pool
-    from iama.evaluate import Pool
+    from iama.pools import Pool, read_pool, write_pool
 
     conv = [{"role": "system", "content": "Réponds brièvement."}, {"role": "user", "content": "Über Tōkyō — 東京?"}]
     store = CalibrationStore(tmp_path / "calibration.json")
@@ -301,7 +300,7 @@ def test_grpo_passes_the_columns_to_the_rewards(tiny_gpt2_dir, tmp_path):
 def test_arith_prompt_set_is_what_its_generator_writes(tmp_path):
     """builtin:arith is iama/prompts/arith.jsonl, which `python -m iama.prompts.arith` rewrites from a fixed seed:
     regenerating gives the shipped file byte for byte, and the first 240 rows are train, the last 60 test."""
-    from iama.decode import collect_prompts
+    from iama.data import collect_prompts
     from iama.prompts import arith
 
     assert arith.render(arith.generate()) == arith.render(arith.generate())  # no hidden state
@@ -351,7 +350,7 @@ def test_arith_answers_are_right():
 def test_arith_hard_prompt_set_is_what_its_generator_writes(tmp_path):
     """builtin:arith-hard is iama/prompts/arith-hard.jsonl, which `python -m iama.prompts.arith_hard` rewrites from
     a fixed seed: the first 300 rows train, the last 200 held out, every kind in both and in the first 40."""
-    from iama.decode import collect_prompts
+    from iama.data import collect_prompts
     from iama.prompts import arith, arith_hard
 
     text = arith.render(arith_hard.generate())
@@ -409,3 +408,12 @@ def test_arith_hard_config_trains_on_the_training_split():
     prompts = load_prompts(cfg.prompts, limit=cfg.max_prompts)
     require_column(prompts, "answer", cfg.prompts)
     assert set(prompts.columns["split"]) == {"train"} and cfg.criteria[0].reward == "answer"
+
+
+def test_collect_prompts():
+    from iama.data import collect_prompts, load_prompts
+
+    assert collect_prompts(["a", " "], None) == ["a"]
+    assert collect_prompts(["a"], "builtin", limit=2, offset=3) == ["a"] + load_prompts(limit=5)[3:]
+    with pytest.raises(ValueError, match="no prompts"):
+        collect_prompts([], None)

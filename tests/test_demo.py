@@ -42,7 +42,7 @@ def test_demo_runs_end_to_end_then_reuses_its_runs(tmp_path, capsys, monkeypatch
 def test_side_by_side_training_reports_the_failing_run(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     from iama.config import load_config
-    from iama.demo import train_side_by_side
+    from iama.runs import train_side_by_side
 
     cfg = load_config("configs/length-tiny.yaml", [f"output_dir={tmp_path / 'a'}"])
     args = ["configs/length-tiny.yaml", "model=no/such/model", f"output_dir={tmp_path / 'a'}"]  # fails in the child

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from iama.cli import main
-from iama.evaluate import Pool, estimate, evaluate, seed_groups
+from iama.estimate import estimate, seed_groups
+from iama.evaluate import evaluate
+from iama.pools import Pool
 from iama.objective import Criterion
 from iama.stats import bootstrap_weights, percentile_ci, seed_draws, seed_resample
 from iama.sweep import _contrasts, parse_seeds

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from iama.decode import GenerationSettings, HFBackend  # noqa: E402
+from iama.backends import GenerationSettings, HFBackend  # noqa: E402
 from iama.kl import completion_logprobs, plain_sampling, pool_kl  # noqa: E402
 from iama.models import tiny_gpt2  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 
 from iama import BestOfN
 from iama.config import load_config
-from iama.decode import GenerationSettings, HFBackend
+from iama.backends import GenerationSettings, HFBackend
 from iama.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -175,7 +175,8 @@ def test_the_objective_refuses_what_would_silently_train_something_else():
 def test_evaluation_reports_maj_at_n_under_its_family():
     """A maj_dense criterion is evaluated as what it trains for: its family's values are maj's, for every N <= M."""
     from iama.algorithms import answer_array
-    from iama.evaluate import Pool, estimate
+    from iama.estimate import estimate
+    from iama.pools import Pool
 
     rng = np.random.default_rng(0)
     keys = rng.choice(["7", "8", "9", None], size=(6, 5), p=[0.4, 0.3, 0.2, 0.1])

@@ -189,7 +189,7 @@ def test_the_fronts_vote_on_the_pools_answers():
 
     import numpy as np
 
-    from iama.evaluate import Pool
+    from iama.pools import Pool
     from iama.objective import Criterion
     from iama.sweep import _values_at
     from test_majority import vote

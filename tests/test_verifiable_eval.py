@@ -14,8 +14,11 @@ import yaml
 
 from iama.algorithms import BestOfN, MajorityVote
 from iama.data import Prompts, load_prompts
-from iama.decode import answer_key_json, collect_prompts, decode, read_pool, score_candidates, write_pool
-from iama.evaluate import Pool, criteria_families, estimate, evaluate
+from iama.data import collect_prompts
+from iama.decode import decode
+from iama.estimate import criteria_families, estimate
+from iama.evaluate import evaluate
+from iama.pools import Pool, answer_key_json, read_pool, score_candidates, write_pool
 
 
 def chen(c, m, k):
@@ -244,7 +247,8 @@ def test_prompt_columns_reach_the_rewards_one_value_per_completion():
 
 
 def test_a_resumed_pool_written_without_answers_gets_them_from_its_texts(tmp_path):
-    from iama.decode import GenerationSettings, sample_pool
+    from iama.backends import GenerationSettings
+    from iama.pools import sample_pool
 
     backend = FakeBackend(choices=lambda p: ["a 1", "b 2", ""])
     prompts = Prompts([f"q{i}" for i in range(6)], {"answer": ["1", "2"] * 3})
@@ -266,7 +270,7 @@ def test_a_resumed_pool_written_without_answers_gets_them_from_its_texts(tmp_pat
 
 def test_decode_with_maj_selects_the_majority_answer(tmp_path, monkeypatch):
     table = {"q1": ["so 3", "maybe 4", "it is 4", "7"], "q2": ["5", "5", "", "x 6"], "q3": ["", "", "", ""]}
-    monkeypatch.setattr("iama.decode.make_backend", lambda *a, **k: FakeBackend(table))
+    monkeypatch.setattr("iama.backends.make_backend", lambda *a, **k: FakeBackend(table))
     prompts = Prompts(["q1", "q2", "q3"], {"answer": ["3", "6", "1"]})
     out = tmp_path / "maj.jsonl"
     reward = LastWord()
@@ -295,7 +299,7 @@ def test_decode_with_maj_uses_the_answer_reward_and_the_prompt_column(monkeypatc
     pytest.importorskip("math_verify")
     table = {"Add 2 and 3.": ["It is 5.", "The answer is \\boxed{5}", "6", "I think 6"],
              "Add 1 and 1.": ["2", "2.0", "3", "no idea"]}
-    monkeypatch.setattr("iama.decode.make_backend", lambda *a, **k: FakeBackend(table))
+    monkeypatch.setattr("iama.backends.make_backend", lambda *a, **k: FakeBackend(table))
     prompts = Prompts(list(table), {"answer": ["5", "2"]})
     records = decode(prompts, "fake", {"correct": "answer"}, algorithm="maj:4", progress=False, seed=1)
     assert [c["scores"]["correct"] for c in records[0]["candidates"]] == [1.0, 1.0, 0.0, 0.0]
@@ -318,7 +322,7 @@ def arith_backend():
 
 def test_eval_end_to_end_with_the_answer_reward_and_maj(tmp_path, monkeypatch):
     pytest.importorskip("math_verify")
-    monkeypatch.setattr("iama.decode.make_backend", lambda *a, **k: arith_backend())
+    monkeypatch.setattr("iama.backends.make_backend", lambda *a, **k: arith_backend())
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"criteria": [
         {"name": "correct", "reward": "answer", "algorithm": "maj:3", "weight": 1.0}]}))
@@ -376,7 +380,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, match, tmp_path, monkeypatch, ca
     pytest.importorskip("math_verify")
     from iama.cli import main
 
-    monkeypatch.setattr("iama.decode.make_backend", no_model)
+    monkeypatch.setattr("iama.backends.make_backend", no_model)
     configs = {"ANSWER": [{"name": "correct", "reward": "answer", "algorithm": "maj:2"}],
                "LENGTH": [{"name": "len", "reward": "length:4:8", "algorithm": "bon:2"}],
                "MAJ_LENGTH": [{"name": "len", "reward": "length:4:8", "algorithm": "maj:2"}]}

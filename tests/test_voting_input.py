@@ -53,7 +53,7 @@ def test_train(overrides, message, tmp_path, monkeypatch, capsys):
 ])
 def test_eval(argv, message, tmp_path, monkeypatch, capsys):
     pytest.importorskip("math_verify")
-    monkeypatch.setattr("iama.decode.make_backend", no_model)
+    monkeypatch.setattr("iama.backends.make_backend", no_model)
     configs = {"MAJ8": {"criteria": [{"name": "correct", "reward": "answer", "algorithm": "maj:8"}]},
                "DENSE8": {"criteria": [{"name": "correct", "reward": "answer", "algorithm": "maj_dense:8"}],
                           "scale_rewards": "batch"},
@@ -69,7 +69,7 @@ def test_eval(argv, message, tmp_path, monkeypatch, capsys):
 
 
 def test_decode(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("iama.decode.make_backend", no_model)
+    monkeypatch.setattr("iama.backends.make_backend", no_model)
     assert main(["decode", "fake", "--prompt", "hi", "--reward", "len=length:4:8", "--algorithm", "maj_dense:2",
                  "--out", str(tmp_path / "out.jsonl")]) == 2
     assert "criterion 'len' uses maj_dense:2, which votes on answers, but its reward 'length:4:8' gives none" in \
