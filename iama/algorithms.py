@@ -264,7 +264,10 @@ class Algorithm:
     n: int | None = None
     estimators: tuple[str, ...] = ("unbiased", "plugin")
     default_estimator = "unbiased"
-    needs_answers = False  # True: it selects by each sample's answer too, passed as `answers=` (MajorityVote)
+    # Every method takes a group's rewards and, optionally, its answers (`answers=`, one hashable key per sample,
+    # None for no answer): the group data. Most algorithms select by rewards alone and ignore the answers; one that
+    # votes (MajorityVote) needs them, says so here, and refuses a call without them.
+    needs_answers = False
 
     def _args(self) -> tuple:
         """The values of `params`, in order."""
@@ -299,14 +302,14 @@ class Algorithm:
         return ((self.n,) if self.increasing is not None else ()) + self._args()
 
     # exact, on a finite response set ---------------------------------------------------------------------------
-    def value(self, probs, rewards) -> float:
+    def value(self, probs, rewards, *, answers=None) -> float:
         p, r = _check_distribution(probs, rewards)
         vals, inv = np.unique(r, return_inverse=True)
         pv = np.bincount(inv, weights=p, minlength=len(vals))
         idx, coef = _multisets(len(vals), self.n) if self._feasible(len(vals)) else self._too_large(len(vals))
         return float(np.sum(coef * np.prod(pv[idx], axis=-1) * self.kernel(vals[idx])))
 
-    def first_variation(self, probs, rewards) -> np.ndarray:
+    def first_variation(self, probs, rewards, *, answers=None) -> np.ndarray:
         p, r = _check_distribution(probs, rewards)
         vals, inv = np.unique(r, return_inverse=True)
         pv = np.bincount(inv, weights=p, minlength=len(vals))
@@ -322,7 +325,7 @@ class Algorithm:
     def _estimates(self, r, estimator, rng):
         return _generic_estimates(r, self.n, self.kernel, estimator, rng)
 
-    def estimate(self, group_rewards, estimator=None, *, rng=None):
+    def estimate(self, group_rewards, estimator=None, *, answers=None, rng=None):
         """Per-sample first-variation estimates s and leave-one-out baselines b (built from the other samples
         only), both shaped like group_rewards (..., M) and of its type (numpy or torch)."""
         estimator = estimator or self.default_estimator
@@ -334,13 +337,13 @@ class Algorithm:
         s, b = self._estimates(r, estimator, rng)
         return back(s), back(b)
 
-    def estimate_first_variation(self, group_rewards, estimator=None, *, rng=None):
-        return self.estimate(group_rewards, estimator, rng=rng)[0]
+    def estimate_first_variation(self, group_rewards, estimator=None, *, answers=None, rng=None):
+        return self.estimate(group_rewards, estimator, answers=answers, rng=rng)[0]
 
-    def loo_baseline(self, group_rewards, estimator=None, *, rng=None):
-        return self.estimate(group_rewards, estimator, rng=rng)[1]
+    def loo_baseline(self, group_rewards, estimator=None, *, answers=None, rng=None):
+        return self.estimate(group_rewards, estimator, answers=answers, rng=rng)[1]
 
-    def estimate_value(self, group_rewards, *, rng=None):
+    def estimate_value(self, group_rewards, *, answers=None, rng=None):
         """Unbiased estimate of R per group (shape (...)), from the group's M >= N samples."""
         r, back = to_numpy(group_rewards)
         _check_group(r.shape[-1], self.n, "unbiased")
@@ -349,14 +352,14 @@ class Algorithm:
     def _value_estimate(self, r, rng):
         return _generic_value_estimate(r, self.n, self.kernel, rng)
 
-    def estimate_values(self, group_rewards, ns, *, rng=None):
+    def estimate_values(self, group_rewards, ns, *, answers=None, rng=None):
         """Value estimates at every N in ns, shape (..., len(ns)), all from the same groups of M >= max(ns)."""
         r, back = to_numpy(group_rewards)
         rng = np.random.default_rng(rng)
-        return back(np.stack([self.at(n).estimate_value(r, rng=rng) for n in ns], axis=-1))
+        return back(np.stack([self.at(n).estimate_value(r, answers=answers, rng=rng) for n in ns], axis=-1))
 
     # deployment ------------------------------------------------------------------------------------------------
-    def select(self, rewards, generator=None):
+    def select(self, rewards, generator=None, *, answers=None):
         """Index of the selected candidate among N (last axis); batched over leading axes."""
         r = np.asarray(rewards, dtype=np.float64)
         if r.ndim == 0 or r.shape[-1] != self.n:
@@ -397,12 +400,12 @@ class OrderStatistic(Algorithm):
     def kernel(self, r):
         return self.sign * np.max(self.sign * np.asarray(r), axis=-1)
 
-    def value(self, probs, rewards):
+    def value(self, probs, rewards, *, answers=None):
         p, r = _check_distribution(probs, rewards)
         order = np.argsort(self.sign * r, kind="stable")
         return float(self.sign * _max_value_exact(self.sign * r[order], np.cumsum(p[order]), self.n))
 
-    def first_variation(self, probs, rewards):
+    def first_variation(self, probs, rewards, *, answers=None):
         p, r = _check_distribution(probs, rewards)
         order = np.argsort(self.sign * r, kind="stable")
         out = np.empty_like(r)
@@ -416,7 +419,7 @@ class OrderStatistic(Algorithm):
     def _value_estimate(self, r, rng):
         return np.sort(r, axis=-1) @ self.pool_weights(r.shape[-1])[0]
 
-    def estimate_values(self, group_rewards, ns, *, rng=None):
+    def estimate_values(self, group_rewards, ns, *, answers=None, rng=None):
         r, back = to_numpy(group_rewards)
         _check_group(r.shape[-1], max(ns), "unbiased")
         return back(np.sort(r, axis=-1) @ self.pool_weights(r.shape[-1], ns).T)
@@ -496,12 +499,12 @@ class Tilted(Algorithm):
     def _args(self):
         return (self.temperature,)
 
-    def value(self, probs, rewards):
+    def value(self, probs, rewards, *, answers=None):
         p, r = _check_distribution(probs, rewards)
         with np.errstate(divide="ignore"):
             return float(np.sum(np.exp(log_softmax(np.log(p) + r / self.temperature)) * r))
 
-    def first_variation(self, probs, rewards):
+    def first_variation(self, probs, rewards, *, answers=None):
         p, r = _check_distribution(probs, rewards)
         with np.errstate(divide="ignore"):
             log_z = logsumexp(np.log(p) + r / self.temperature)
@@ -530,11 +533,11 @@ class Tilted(Algorithm):
     def _value_estimate(self, r, rng):
         return np.sum(np.exp(log_softmax(r / self.temperature, axis=-1)) * r, axis=-1)
 
-    def estimate_value(self, group_rewards, *, rng=None):
+    def estimate_value(self, group_rewards, *, answers=None, rng=None):
         r, back = to_numpy(group_rewards)
         return back(self._value_estimate(r, rng))
 
-    def select(self, rewards, generator=None):
+    def select(self, rewards, generator=None, *, answers=None):
         """Sample a candidate with probability ∝ exp(r / temperature) (soft best-of-N over the given pool)."""
         r = np.asarray(rewards, dtype=np.float64)
         return SoftBestOfN(r.shape[-1], self.temperature).select(r, generator)
@@ -639,20 +642,26 @@ class MajorityVote(Algorithm):
             raise ValueError(f"N must be a positive integer, got {n!r}")
         self.n = int(n)
 
+    def _answers(self, answers, shape):
+        """The group's answers as an object array of `shape`; a vote without them is refused."""
+        if answers is None:
+            raise ValueError(f"{self.family} votes on answers: pass answers=, one per sample")
+        return answer_array(answers, shape)
+
     # exact, on a finite response set ---------------------------------------------------------------------------
     def _exact(self, probs, rewards, answers, fixed=None):
         p, r = _check_distribution(probs, rewards)
-        classes, (abstain, r0) = _answer_classes(answer_array(answers, p.shape), r)
+        classes, (abstain, r0) = _answer_classes(self._answers(answers, p.shape), r)
         k = self.n - (fixed is not None)
         w = np.array([_power_row(p[m].sum(), self.n, shift=int(i == fixed)) for i, (m, _) in enumerate(classes)])
         w0 = _power_row(p[abstain].sum(), self.n, shift=int(fixed == -1))
         return math.factorial(k) * _vote_sum(w.reshape(len(classes), self.n + 1), w0,
                                              [c[1] for c in classes], r0, self.n), classes, abstain
 
-    def value(self, probs, rewards, *, answers) -> float:
+    def value(self, probs, rewards, *, answers=None) -> float:
         return self._exact(probs, rewards, answers)[0]
 
-    def first_variation(self, probs, rewards, *, answers) -> np.ndarray:
+    def first_variation(self, probs, rewards, *, answers=None) -> np.ndarray:
         """N E f(y, Y_2..Y_N): one vote fixed to y's answer."""
         _, classes, abstain = self._exact(probs, rewards, answers)
         out = np.empty(len(np.asarray(rewards)))
@@ -666,7 +675,7 @@ class MajorityVote(Algorithm):
     def _groups(self, group_rewards, answers):
         r, back = to_numpy(group_rewards)
         _check_group(r.shape[-1], self.n, "unbiased")
-        a = answer_array(answers, r.shape)
+        a = self._answers(answers, r.shape)
         return r.reshape(-1, r.shape[-1]), a.reshape(-1, r.shape[-1]), r.shape, back
 
     def _group_sum(self, counts, values, abstain, r0, k, fixed=None, shift=0):
@@ -676,7 +685,7 @@ class MajorityVote(Algorithm):
         w0 = _comb_row(abstain - (fixed == -1), k, shift if fixed == -1 else 0)
         return _vote_sum(w.reshape(len(counts), k + 1), w0, values, r0, k)
 
-    def estimate(self, group_rewards, estimator=None, *, answers, rng=None):
+    def estimate(self, group_rewards, estimator=None, *, answers=None, rng=None):
         """s_j = N mean_{S ⊂ others, |S| = N-1} f(j, S) and b_j = N mean_S f_{N-1}(S) (N = 1: the others' mean)."""
         if (estimator or "unbiased") != "unbiased":
             raise ValueError(f"unknown estimator {estimator!r} for {self}; choose one of {self.estimators}")
@@ -695,13 +704,13 @@ class MajorityVote(Algorithm):
                                  else (r[g].sum() - r[g, members]) / max(m - 1, 1))
         return back(s.reshape(shape)), back(b.reshape(shape))
 
-    def estimate_first_variation(self, group_rewards, estimator=None, *, answers, rng=None):
+    def estimate_first_variation(self, group_rewards, estimator=None, *, answers=None, rng=None):
         return self.estimate(group_rewards, estimator, answers=answers)[0]
 
-    def loo_baseline(self, group_rewards, estimator=None, *, answers, rng=None):
+    def loo_baseline(self, group_rewards, estimator=None, *, answers=None, rng=None):
         return self.estimate(group_rewards, estimator, answers=answers)[1]
 
-    def estimate_value(self, group_rewards, *, answers, rng=None):
+    def estimate_value(self, group_rewards, *, answers=None, rng=None):
         """The mean of f over every N-subset of the group: unbiased."""
         r, a, shape, back = self._groups(group_rewards, answers)
         out = np.empty(len(r))
@@ -711,18 +720,18 @@ class MajorityVote(Algorithm):
                                      self.n) / math.comb(r.shape[-1], self.n)
         return back(out.reshape(shape[:-1]))
 
-    def estimate_values(self, group_rewards, ns, *, answers, rng=None):
+    def estimate_values(self, group_rewards, ns, *, answers=None, rng=None):
         r, back = to_numpy(group_rewards)
         return back(np.stack([self.at(n).estimate_value(r, answers=answers) for n in ns], axis=-1))
 
     # deployment ------------------------------------------------------------------------------------------------
-    def select(self, rewards, generator=None, *, answers):
+    def select(self, rewards, generator=None, *, answers=None):
         """Index of a candidate with the most frequent answer among N (last axis): ties, and the candidates
         giving it, drawn uniformly; all abstaining, any candidate."""
         r = np.asarray(rewards, dtype=np.float64)
         if r.ndim == 0 or r.shape[-1] != self.n:
             raise ValueError(f"{self} selects among exactly {self.n} candidates; got shape {r.shape}")
-        a = answer_array(answers, r.shape).reshape(-1, self.n)
+        a = self._answers(answers, r.shape).reshape(-1, self.n)
         rng = np.random.default_rng(generator)
         out = np.empty(len(a), dtype=np.int64)
         for g, row in enumerate(a):
@@ -819,14 +828,14 @@ class MajorityVoteDense(MajorityVote):
         return self.n * (_binomial_pmf(self.n - 1, p) @ _vote_share(self.n)[:-1]), threshold_vote_slope(p, self.n)
 
     # the dense estimate from groups ---------------------------------------------------------------------------
-    def estimate(self, group_rewards, estimator=None, *, answers, rng=None):
+    def estimate(self, group_rewards, estimator=None, *, answers=None, rng=None):
         """s_j = N E f(r_j + C) and b_j = N E f(C) + w mean_{k != j} r_k, C ~ Binomial(N - 1, p̂), w = V_N'(p̂):
         the surrogate's first variation at the group's p̂, and the baseline that leaves s_j - b_j = w (r_j -
         the others' mean). Both depend on r_j through p̂; neither is an unbiased estimate."""
         if (estimator or "dense") != "dense":
             raise ValueError(f"unknown estimator {estimator!r} for {self}; choose one of {self.estimators}")
         r, back = to_numpy(group_rewards)
-        answer_array(answers, r.shape)  # not used here, but checked as maj:N checks them
+        self._answers(answers, r.shape)  # not used here, but checked as maj:N checks them
         self._check_binary(r)
         base, w = self._parts(r.mean(-1, keepdims=True))
         return back(base + w * r), back(base + w * _loo_mean(r))

@@ -178,6 +178,8 @@ def fill(store_path, prompts, sample_fn, reward_fns: dict, k: int, batch_size: i
     ids reach the rewards as completion_ids, as in training); reward_fns maps a name to a TRL-style
     fn(prompts=..., completions=...) -> list[float]. The file is rewritten (atomically) after every batch, so a
     killed run resumes where it stopped. Returns the store."""
+    from .pools import score_completions  # the one scoring path, as pools are scored
+
     if not reward_fns:
         raise ValueError("fill() needs at least one reward function")
     if int(k) != k or k < 1 or int(batch_size) != batch_size or batch_size < 1:
@@ -204,14 +206,11 @@ def fill(store_path, prompts, sample_fn, reward_fns: dict, k: int, batch_size: i
             extra["completion_ids"] = [c["ids"] for c in flat_completions]
             flat_completions = [c["text"] if isinstance(p, str) else [{"role": "assistant", "content": c["text"]}]
                                 for p, c in zip(flat_prompts, flat_completions)]
-        for name, fn in reward_fns.items():
+        for name, fn in reward_fns.items():  # reward by reward: a store resumed with a new reward scores only it
             need = [i for i, p in enumerate(batch) if prompt_key(p) not in store.rewards.get(name, {})]
             if not need:
                 continue
-            scores = fn(prompts=flat_prompts, completions=flat_completions, **extra)
-            if len(scores) != len(flat_prompts) or any(s is None for s in scores):
-                raise ValueError(f"reward {name!r} must return one number per completion "
-                                 f"({len(flat_prompts)}), got {len(scores)} values or None")
+            scores = score_completions(flat_prompts, flat_completions, {name: fn}, **extra)[name]
             scores = np.asarray(scores, dtype=np.float64).reshape(len(batch), k)
             for i in need:
                 store.add(batch[i], name, scores[i])

@@ -110,11 +110,10 @@ def decode(prompts, model, rewards=None, *, algorithm="bon:4", select_by: str | 
     records = sample_pool(gen, prompts, criteria, reward_fns, m=alg.n, settings=settings, seed=seed, label=name,
                           path=None, progress=progress, model_arg=model)
     scores = np.array([[c["scores"][select_by] for c in r["candidates"]] for r in records])
-    if alg.needs_answers:
-        answers = [[answer_key_read(c["answers"][select_by]) for c in r["candidates"]] for r in records]
-        chosen = alg.select(scores, generator=seed, answers=answers)
-    else:
-        chosen = alg.select(scores, generator=seed)
+    # the group data: rewards and, where the reward gives them, answers (a vote reads them, the others do not)
+    answers = ([[answer_key_read(c["answers"][select_by]) for c in r["candidates"]] for r in records]
+               if all(select_by in c.get("answers", {}) for r in records for c in r["candidates"]) else None)
+    chosen = alg.select(scores, generator=seed, answers=answers)
     for r, k in zip(records, np.atleast_1d(chosen)):
         r.update(algorithm=alg.spec, select_by=select_by, selected=int(k), response=r["candidates"][int(k)]["text"])
     if out is not None:

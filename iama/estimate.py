@@ -98,12 +98,7 @@ def value_estimates(rewards, family, ns=None, *, rng=None, answers=None) -> np.n
     r = _check_pool_array(rewards)
     m = r.shape[1]
     ns = family_ns(family, m) if ns is None else _check_ns(ns, m)
-    alg = parse_algorithm(family, n=1)
-    if alg.needs_answers:
-        if answers is None:
-            raise ValueError(f"{alg.family} votes on answers: pass answers=, one per sample")
-        return alg.estimate_values(r, ns, answers=answers)
-    return alg.estimate_values(r, ns, rng=rng)
+    return parse_algorithm(family, n=1).estimate_values(r, ns, answers=answers, rng=rng)
 
 
 def tie_averaged(select, measure):

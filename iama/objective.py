@@ -191,13 +191,12 @@ class Objective:
         """(s, b, values) for complete groups r (G, M, m), answers (G, M) or None."""
         s, b, v = np.empty_like(r), np.empty_like(r), np.empty(r.shape[:1] + r.shape[2:])
         for i, c in enumerate(self.criteria):
-            alg = c.algorithm
-            kw = {"answers": answers} if alg.needs_answers else {}
-            s[..., i], b[..., i] = alg.estimate(r[..., i], self._estimator_for(alg), rng=rng, **kw)
+            alg = c.algorithm  # every algorithm takes the group's answers; only a vote reads them
+            s[..., i], b[..., i] = alg.estimate(r[..., i], self._estimator_for(alg), answers=answers, rng=rng)
             if alg.n is not None and r.shape[1] < alg.n:  # plugin on a small group: no unbiased value
                 v[:, i] = np.nan
             else:
-                v[:, i] = alg.estimate_value(r[..., i], rng=rng, **kw)
+                v[:, i] = alg.estimate_value(r[..., i], answers=answers, rng=rng)
         if self.baseline == "group_mean":
             b = np.broadcast_to(s.mean(axis=1, keepdims=True), s.shape).copy()
         elif self.baseline == "none":

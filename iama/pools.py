@@ -33,7 +33,7 @@ from .algorithms import answer_array
 from .backends import GenerationSettings, _conversation
 from .data import prompt_key
 from .objective import Criterion, parse_criteria
-from .rewards import answers_method, reward_column, reward_gives_answers, spec_text
+from .rewards import answers_method, reward_column, reward_gives_answers, spec_text, text_of
 from .utils import atomic_write_text
 
 
@@ -103,12 +103,34 @@ def _completions_in(prompts, candidates, chat: bool):
     return list(prompts), [c["text"] for c in candidates]
 
 
+def score_completions(prompts, completions, rewards: dict, *, completion_ids=None, columns=None) -> dict:
+    """{name: one float per completion}: each reward called once on the whole batch, as TRL calls it (prompts,
+    completions, completion_ids when there are any, and the prompts' other columns by name: `columns` holds one
+    value per completion). The one place completions are scored outside training: pools (decode, eval) and CTRL's
+    calibration. A reward that returns another count, None, NaN or inf raises ValueError naming the reward."""
+    out = {}
+    for name, fn in rewards.items():
+        kwargs = _reward_kwargs(fn, columns or {})
+        if completion_ids is not None:
+            kwargs["completion_ids"] = completion_ids
+        values = [math.nan if v is None else float(v) for v in fn(prompts=prompts, completions=completions, **kwargs)]
+        if len(values) != len(completions):
+            raise ValueError(f"reward {name!r} must return one number per completion: it returned {len(values)} "
+                             f"values for {len(completions)} completions")
+        for completion, v in zip(completions, values):
+            if not math.isfinite(v):
+                raise ValueError(f"reward {name!r} returned {v} for the completion {text_of(completion)[:60]!r}; "
+                                 "scoring needs one number per completion, a finite one")
+        out[name] = values
+    return out
+
+
 def score_candidates(prompts, samples, rewards: dict, chat: bool, columns: dict | None = None) -> None:
-    """Add `scores` {criterion: float} to every candidate; one call per reward for the whole batch. A reward
-    gets the prompts' other columns (`columns`: {name: one value per prompt}, e.g. the `answer` reward's
-    reference) as keyword arguments holding one value per completion, as TRL passes dataset columns. A reward
-    with an `answers` method (answers_method) also gives each candidate's answer key, stored as `answers`
-    {criterion: key} (answer_key_json). A reward that gives NaN, None or inf raises ValueError naming the reward."""
+    """Add `scores` {criterion: float} to every candidate (score_completions, one call per reward for the whole
+    batch). A reward gets the prompts' other columns (`columns`: {name: one value per prompt}, e.g. the `answer`
+    reward's reference) as keyword arguments holding one value per completion, as TRL passes dataset columns. A
+    reward with an `answers` method (answers_method) also gives each candidate's answer key, stored as `answers`
+    {criterion: key} (answer_key_json)."""
     flat_prompts = [p for p, cands in zip(prompts, samples) for _ in cands]
     flat = [c for cands in samples for c in cands]
     prompts_in, completions = _completions_in(flat_prompts, flat, chat)
@@ -117,17 +139,10 @@ def score_candidates(prompts, samples, rewards: dict, chat: bool, columns: dict 
         if len(values) != len(prompts):
             raise ValueError(f"column {name!r} has {len(values)} values for {len(prompts)} prompts")
         per_completion[name] = [v for v, cands in zip(values, samples) for _ in cands]
-    ids = [c["ids"] for c in flat]
+    scores = score_completions(prompts_in, completions, rewards, completion_ids=[c["ids"] for c in flat],
+                               columns=per_completion)
     for name, fn in rewards.items():
-        values = list(fn(prompts=prompts_in, completions=completions, completion_ids=ids,
-                         **_reward_kwargs(fn, per_completion)))
-        if len(values) != len(flat):
-            raise ValueError(f"reward {name!r} returned {len(values)} values for {len(flat)} completions")
-        for c, v in zip(flat, values):
-            v = math.nan if v is None else float(v)
-            if not math.isfinite(v):
-                raise ValueError(f"reward {name!r} returned {v} for the completion {c['text'][:60]!r}; "
-                                 "evaluation needs a finite score for every candidate")
+        for c, v in zip(flat, scores[name]):
             c.setdefault("scores", {})[name] = v
         answers_of = answers_method(fn)
         if answers_of is not None:

@@ -355,3 +355,31 @@ def test_parse_algorithm_round_trip():
 def test_bad_input_raises_clearly(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("spec", ["sampling", "bon:2", "won:2", "soft_bon:2:0.5", "tilted:0.5", "maj:2", "maj_dense:3"])
+def test_every_algorithm_takes_a_groups_answers_through_one_signature(spec):
+    """The group data is rewards and, optionally, answers: every algorithm accepts both everywhere; one that
+    selects by rewards alone gives the same with or without them, one that votes refuses a call without them."""
+    from iama.algorithms import parse_algorithm
+
+    alg = parse_algorithm(spec)
+    rng = np.random.default_rng(0)
+    r = (rng.random((3, 6)) < 0.5).astype(float)
+    answers = [[str(int(x)) for x in row] for row in r]
+    probs, values, keys = np.full(4, 0.25), np.array([0.0, 1.0, 1.0, 0.0]), ["a", "b", "b", "c"]
+    with_answers = [alg.estimate(r, answers=answers, rng=0), alg.estimate_value(r, answers=answers, rng=0),
+                    alg.value(probs, values, answers=keys), alg.first_variation(probs, values, answers=keys)]
+    if alg.needs_answers:
+        for call in (lambda: alg.estimate(r), lambda: alg.estimate_value(r), lambda: alg.value(probs, values)):
+            with pytest.raises(ValueError, match=f"{alg.family} votes on answers: pass answers=, one per sample"):
+                call()
+    else:
+        without = [alg.estimate(r, rng=0), alg.estimate_value(r, rng=0), alg.value(probs, values),
+                   alg.first_variation(probs, values)]
+        for a, b in zip(with_answers, without):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        if alg.n is not None:
+            pick = r[:, : alg.n]
+            assert np.array_equal(alg.select(pick, generator=1, answers=[row[: alg.n] for row in answers]),
+                                  alg.select(pick, generator=1))

@@ -64,3 +64,31 @@ def test_pool_texts_with_unicode_line_separators_round_trip(tmp_path):
     write_pool(tmp_path / "pool.jsonl", [record, record])
     back = read_pool(tmp_path / "pool.jsonl")
     assert len(back) == 2 and back[0]["candidates"][0]["text"] == text and back[1]["prompt"] == "p\u2028q"
+
+
+def test_score_completions_is_the_one_scoring_path():
+    """Pools and CTRL's calibration score through score_completions: one call per reward, TRL's keywords
+    (completion_ids only when there are any, a column only for a reward that names it), and one line naming the
+    reward for a wrong count or a non-finite score."""
+    import pytest
+
+    from iama.pools import score_completions
+
+    calls = []
+
+    def plain(prompts, completions):
+        calls.append(len(completions))
+        return [float(len(c)) for c in completions]
+
+    def with_ids(prompts, completions, completion_ids, answer):
+        return [float(len(i)) + float(a) for i, a in zip(completion_ids, answer)]
+
+    out = score_completions(["p", "p"], ["ab", "abc"], {"plain": plain})
+    assert out == {"plain": [2.0, 3.0]} and calls == [2]
+    out = score_completions(["p", "p"], ["ab", "abc"], {"ids": with_ids}, completion_ids=[[1], [1, 2]],
+                            columns={"answer": ["1", "2"], "unused": [0, 0]})
+    assert out == {"ids": [2.0, 4.0]}
+    with pytest.raises(ValueError, match="reward 'short' must return one number per completion: it returned 1 "):
+        score_completions(["p", "p"], ["a", "b"], {"short": lambda prompts, completions: [1.0]})
+    with pytest.raises(ValueError, match="reward 'bad' returned nan for the completion 'b'"):
+        score_completions(["p", "p"], ["a", "b"], {"bad": lambda prompts, completions: [1.0, None]})
