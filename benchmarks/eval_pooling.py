@@ -14,8 +14,6 @@ Results: benchmarks/results/eval_pooling-MODEL.json and .csv, with the command l
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import os
 import shlex
@@ -57,7 +55,7 @@ def main(argv=None) -> dict:
     from iama.estimate import value_estimates
     from iama.pools import build_rewards, sample_pool
     from iama.stats import mean_ci
-    from iama.utils import atomic_write_json, atomic_write_text, machine_info
+    from iama.utils import atomic_write_csv, atomic_write_json, machine_info
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,11 +153,7 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     name = args.name or f"eval_pooling-{spec.label}-{'gpu' if torch.cuda.is_available() else 'cpu'}"
     atomic_write_json(out / f"{name}.json", result)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / f"{name}.csv", buf.getvalue())
+    atomic_write_csv(out / f"{name}.csv", rows)
     print(f"wrote {out.name}/{name}.json and .csv")
     return result
 

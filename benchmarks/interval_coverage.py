@@ -36,8 +36,6 @@ Results: benchmarks/results/interval_coverage.json and .csv, with the command li
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import shlex
 import sys
@@ -176,7 +174,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from iama.stats import bounded_mean_ci, mean_ci, paired_difference_ci
-    from iama.utils import atomic_write_json, atomic_write_text, json_safe, machine_info
+    from iama.utils import atomic_write_csv, atomic_write_json, json_safe, machine_info
 
     ps = [int(p) for p in args.prompts.split(",")]
     levels = [float(v) for v in args.levels.split(",")]
@@ -282,11 +280,7 @@ def main(argv=None) -> dict:
               "machine": machine_info(), "rows": json_safe(rows), "summary": json_safe(summary)}
     out = Path(args.out)
     atomic_write_json(out / f"{args.name}.json", result)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / f"{args.name}.csv", buf.getvalue())
+    atomic_write_csv(out / f"{args.name}.csv", rows)
     print(f"wrote {out.name}/{args.name}.json and .csv")
     return result
 

@@ -23,3 +23,23 @@ def smollm2_dir():
     from iama.models import resolve_model
 
     return resolve_model("smollm2-135m-instruct")
+
+
+# prompts and a tiny-gpt2 backend for the sampling tests (tests/test_backends.py, tests/test_pools.py)
+PROMPTS = ["the day is good", "tell me a story", "what is time ?", "say something happy", "i think so",
+           "we like people", "go see the day", "very bad time"]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """tiny-gpt2's (tokenizer, model), loaded once."""
+    from iama.models import load_model
+
+    return load_model("tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def backend(tiny):
+    from iama.backends import HFBackend
+
+    return HFBackend(*tiny, batch_size=64)

@@ -13,19 +13,8 @@ from iama.backends import GenerationSettings, HFBackend  # noqa: E402
 from iama.decode import decode  # noqa: E402
 from iama.pools import build_rewards, sample_pool  # noqa: E402
 
-PROMPTS = ["the day is good", "tell me a story", "what is time ?", "say something happy", "i think so",
-           "we like people", "go see the day", "very bad time"]
+from conftest import PROMPTS  # noqa: E402
 
-@pytest.fixture(scope="module")
-def tiny():
-    from iama.models import load_model
-
-    torch.set_num_threads(1)
-    return load_model("tiny-gpt2")
-
-@pytest.fixture(scope="module")
-def backend(tiny):
-    return HFBackend(*tiny, batch_size=64)
 
 def test_candidates_are_cut_after_the_first_eos_and_counted_with_it(backend):
     samples = backend.generate(PROMPTS[:4], 8, GenerationSettings(max_new_tokens=16), seed=0)

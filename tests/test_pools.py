@@ -8,19 +8,8 @@ torch = pytest.importorskip("torch")
 from iama.backends import GenerationSettings, HFBackend  # noqa: E402
 from iama.pools import build_rewards, model_fingerprint, read_pool, sample_pool, write_pool  # noqa: E402
 
-PROMPTS = ["the day is good", "tell me a story", "what is time ?", "say something happy", "i think so",
-           "we like people", "go see the day", "very bad time"]
+from conftest import PROMPTS  # noqa: E402
 
-@pytest.fixture(scope="module")
-def tiny():
-    from iama.models import load_model
-
-    torch.set_num_threads(1)
-    return load_model("tiny-gpt2")
-
-@pytest.fixture(scope="module")
-def backend(tiny):
-    return HFBackend(*tiny, batch_size=64)
 
 def test_pool_sampling_resumes_where_it_stopped(tmp_path, backend, monkeypatch):
     criteria = [{"name": "short", "reward": "length:4:16", "algorithm": "bon:2", "weight": 1.0}]
