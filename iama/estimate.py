@@ -5,10 +5,12 @@ value is the mean over prompts of per-prompt unbiased estimates (METHOD §4: sor
 C(i-1, N-1) / C(M, N) for best-of-N; subsets for soft best-of-N; tilted is self-normalised over the pool, hence
 consistent, not unbiased). No separate sampling per N: one pool serves every N.
 
-Confidence intervals (95% by default): per-prompt estimates are independent across prompts, so a value's
-interval is normal, mean +- z * SE over prompts; the objective g (possibly non-linear: min, smoothmin),
-effective N and anything else that is a function of several means use a percentile bootstrap over prompts
-(the same resampled prompts for every model, criterion and N, so paired comparisons stay paired).
+Confidence intervals (95% by default; one method per kind of quantity, iama/stats.py and docs/method.md): a value,
+a win rate or a linear objective is a mean over prompts (independent across prompts), with the Wilson score
+interval at the effective sample size where its range is known and the normal interval otherwise; a paired
+difference of them uses MOVER; a non-linear objective g (min, smoothmin), effective N and anything else that is a
+function of several means use a percentile bootstrap over prompts (the same resampled prompts for every model,
+criterion and N, so paired comparisons stay paired); methods of several seeds (METHOD@SEED) resample seeds first.
 
 Majority voting (maj:N) selects by each sample's answer, which a reward with an `answers` method gives (the
 `answer` reward): pools store the answer keys, and a criterion with answers is evaluated under maj@N and under
