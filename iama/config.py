@@ -48,6 +48,7 @@ class TrainConfig:
     beta: float = 0.0
     target_kl: float | None = None
     kl_gain: float = 0.1
+    kl_gain_up: float | None = None  # the gain while the KL is above its target (default: kl_gain)
     # the run
     max_steps: int = 100
     seed: int = 0
@@ -238,6 +239,10 @@ def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     objective = build_objective(cfg)
     check_training(objective, num_generations=cfg.num_generations, beta=cfg.beta, target_kl=cfg.target_kl,
                    invalid_rewards=cfg.invalid_rewards, max_dropped_steps=cfg.max_dropped_steps)
+    for name in ("kl_gain", "kl_gain_up"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} must be > 0, got {value}")
     if not cfg.output_dir or not str(cfg.output_dir).strip():
         raise ConfigError(f"output_dir is empty: give the run's folder (got {cfg.output_dir!r})")
     if cfg.max_steps < 1:

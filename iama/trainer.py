@@ -94,10 +94,13 @@ def _one(fn, prompts, completions, kwargs, i):
 # the trainer
 
 
-def kl_controller(beta: float, kl: float, target: float, gain: float) -> float:
+def kl_controller(beta: float, kl: float, target: float, gain: float, gain_up: float | None = None) -> float:
     """Log-space proportional control: log beta += gain * (KL - target) / target, the error clipped to [-1, 1]
-    so that one noisy batch cannot swing beta far."""
-    return float(beta * math.exp(gain * float(np.clip((kl - target) / target, -1.0, 1.0))))
+    so that one noisy batch cannot swing beta far. gain_up (default: gain) is the gain while the KL is above the
+    target: the KL is 0 at the first step, so beta falls at full speed until the KL nears the target, and a KL that
+    then keeps rising needs beta raised faster than it fell."""
+    g = gain if gain_up is None or kl <= target else gain_up
+    return float(beta * math.exp(g * float(np.clip((kl - target) / target, -1.0, 1.0))))
 
 
 def check_trainer_args(objective, args, target_kl, invalid_rewards, max_dropped_steps) -> None:
@@ -142,7 +145,8 @@ class IAMATrainer(GRPOTrainer):
                           "and Miyaguchi, Kohei and Suzuki, Taiji},\n  journal = {arXiv preprint arXiv:2602.01603},"
                           "\n  year    = {2026}\n}"}
 
-    def __init__(self, *args, objective, target_kl=None, kl_gain=0.1, invalid_rewards=None, max_dropped_steps=3,
+    def __init__(self, *args, objective, target_kl=None, kl_gain=0.1, kl_gain_up=None, invalid_rewards=None,
+                 max_dropped_steps=3,
                  metrics_csv=None, command=None, **kwargs):
         given = inspect.signature(GRPOTrainer.__init__).bind(self, *args, **kwargs)  # positional or keyword alike
         reward_funcs = given.arguments.get("reward_funcs")
@@ -167,7 +171,8 @@ class IAMATrainer(GRPOTrainer):
                 given.arguments["model"] = resolve_model(model)
         super().__init__(*given.args[1:], **given.kwargs)
         self.objective = objective
-        self.target_kl, self.kl_gain, self.max_dropped_steps = target_kl, kl_gain, max_dropped_steps
+        self.target_kl, self.kl_gain, self.kl_gain_up = target_kl, kl_gain, kl_gain_up
+        self.max_dropped_steps = max_dropped_steps
         self.command = command
         self.model_card_base = model if isinstance(model, str) else None  # the name given, not the cache's path
         self._gathered_rewards = self._gathered_answers = None
@@ -254,7 +259,7 @@ class IAMATrainer(GRPOTrainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         kl = self._metrics["train"].get("kl")
         if self.target_kl is not None and kl and not self._skipping:  # a skipped step measured no KL
-            self.beta = kl_controller(self.beta, kl[-1], self.target_kl, self.kl_gain)
+            self.beta = kl_controller(self.beta, kl[-1], self.target_kl, self.kl_gain, self.kl_gain_up)
         return loss
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
@@ -498,6 +503,7 @@ def build_trainer(cfg: TrainConfig, callbacks=(), command=None):
         model=model_path, reward_funcs=guard_rewards(rewards, objective.criteria, cfg.invalid_rewards, CONFIG_DROP),
         args=grpo_config(cfg), train_dataset=prompt_dataset(prompts, tokenizer), processing_class=tokenizer,
         peft_config=peft_config, objective=objective, target_kl=cfg.target_kl, kl_gain=cfg.kl_gain,
+        kl_gain_up=cfg.kl_gain_up,
         max_dropped_steps=cfg.max_dropped_steps, callbacks=list(callbacks), command=command,
     )
     trainer.model_card_base = cfg.model  # the name the user gave, not the local cache it resolved to

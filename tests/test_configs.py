@@ -152,3 +152,12 @@ def test_a_config_resolves_from_the_working_directory_then_from_the_package(tmp_
     assert load_config("configs/length.yaml").criteria_names == ["mine"]
     assert resolve_config("length") == SHIPPED / "length.yaml"  # no length file here
     assert config_name(SHIPPED / "length.yaml") == str(SHIPPED / "length.yaml")  # `configs/length.yaml` is another
+
+
+@pytest.mark.parametrize("override, message", [("kl_gain=0", "kl_gain must be > 0, got 0"),
+                                               ("kl_gain_up=-1", "kl_gain_up must be > 0, got -1")])
+def test_the_kl_controllers_gains_must_be_positive(override, message):
+    from iama.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS[0].parent / "length-tiny.yaml", ["beta=0.1", "target_kl=0.1", override])

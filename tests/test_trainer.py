@@ -542,6 +542,10 @@ def test_resuming_a_tied_model_does_not_warn_of_a_missing_weight(tmp_path, capfd
 def test_kl_controller():
     assert kl_controller(0.1, 0.2, 0.1, 0.1) == pytest.approx(0.1 * math.exp(0.1))
     assert kl_controller(0.1, 0.05, 0.1, 0.1) == pytest.approx(0.1 * math.exp(-0.05))
+    # an upward gain of its own: used above the target only
+    assert kl_controller(0.1, 0.15, 0.1, 0.1, gain_up=1.0) == pytest.approx(0.1 * math.exp(0.5))
+    assert kl_controller(0.1, 0.05, 0.1, 0.1, gain_up=1.0) == pytest.approx(0.1 * math.exp(-0.05))
+    assert kl_controller(0.1, 0.1, 0.1, 0.1, gain_up=1.0) == pytest.approx(0.1)
     assert kl_controller(0.1, 100.0, 0.1, 0.1) == pytest.approx(0.1 * math.exp(0.1))  # clipped
 
 
