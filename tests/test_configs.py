@@ -67,7 +67,7 @@ def test_the_confirmatory_grim_sweep_differs_from_the_first_in_its_on_topic_rewa
     assert first["criteria"][0]["reward"] == "relevance"
     first["criteria"][0]["reward"] = "on_topic"
     assert {k for k in first if first[k] != confirm[k]} == {"output_dir", "beta", "target_kl", "kl_gain",
-                                                             "max_steps", "trl"}
+                                                             "kl_gain_up", "max_steps", "trl"}
     assert {k for k in first["trl"] if first["trl"][k] != confirm["trl"].get(k)} | set(confirm["trl"]) - set(
         first["trl"]) == {"learning_rate", "bf16"}
     assert (confirm["target_kl"], confirm["beta"], confirm["trl"]["learning_rate"]) == (0.15, 1.0, 5e-5)
