@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -55,7 +54,7 @@ def main(argv=None) -> dict:
     from iama.estimate import value_estimates
     from iama.pools import build_rewards, sample_pool
     from iama.stats import mean_ci
-    from iama.utils import atomic_write_csv, atomic_write_json, machine_info
+    from iama.utils import atomic_write_csv, atomic_write_json, recorded_command, machine_info
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,14 +136,8 @@ def main(argv=None) -> dict:
     print(f"naive sampling would need {summary['samples_naive_for_pooled_ci']:.0f} samples "
           f"({summary['samples_ratio_at_matched_ci']:.1f}x the pool) for the pooled intervals' widths at every N")
 
-    given = list(sys.argv[1:] if argv is None else argv)
-    for flag in ("--out", "--name"):  # where the results went is no part of how they were measured
-        while flag in given and given.index(flag) + 1 < len(given):
-            i = given.index(flag)
-            del given[i:i + 2]
-        given = [a for a in given if not a.startswith(flag + "=")]
     result = {"benchmark": "eval_pooling",
-              "command": " ".join(["python benchmarks/eval_pooling.py", *map(shlex.quote, given)]).strip(),
+              "command": recorded_command("benchmarks/eval_pooling.py", sys.argv[1:] if argv is None else argv),
               "settings": {"model": args.model, "prompts": args.prompts, "num_prompts": p, "ns": ns, "m": m,
                            "reward": args.reward, "max_new_tokens": args.max_new_tokens,
                            "temperature": args.temperature, "batch_size": args.batch_size, "backend": args.backend,

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -174,7 +173,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from iama.stats import bounded_mean_ci, mean_ci, paired_difference_ci
-    from iama.utils import atomic_write_csv, atomic_write_json, json_safe, machine_info
+    from iama.utils import atomic_write_csv, atomic_write_json, recorded_command, json_safe, machine_info
 
     ps = [int(p) for p in args.prompts.split(",")]
     levels = [float(v) for v in args.levels.split(",")]
@@ -263,14 +262,8 @@ def main(argv=None) -> dict:
           f"Largest |bias z| of the estimates {summary['max_abs_bias_z']:.2f}; true values to "
           f"{summary['max_truth_precision']:.1e}; {seconds:.0f} s")
 
-    given = list(sys.argv[1:] if argv is None else argv)
-    for flag in ("--out", "--name"):  # where the results went is no part of how they were measured
-        while flag in given and given.index(flag) + 1 < len(given):
-            i = given.index(flag)
-            del given[i:i + 2]
-        given = [a for a in given if not a.startswith(flag + "=")]
     result = {"benchmark": "interval_coverage",
-              "command": " ".join(["python benchmarks/interval_coverage.py", *map(shlex.quote, given)]).strip(),
+              "command": recorded_command("benchmarks/interval_coverage.py", sys.argv[1:] if argv is None else argv),
               "settings": {"reps": reps, "prompts": ps, "levels": levels, "quantities": quantities, "m": M,
                            "concentration": kappa, "shift": args.shift, "wrong_shares": WRONG_SHARES,
                            "seed": args.seed, "confidence": CONFIDENCE,

@@ -85,6 +85,20 @@ def _new_file(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def recorded_command(script: str, argv) -> str:
+    """The command a benchmark records with its results: `python SCRIPT ARGS`, without --out and --name (where
+    the results went is no part of how they were measured)."""
+    import shlex
+
+    given = list(argv)
+    for flag in ("--out", "--name"):
+        while flag in given and given.index(flag) + 1 < len(given):
+            i = given.index(flag)
+            del given[i:i + 2]
+        given = [a for a in given if not a.startswith(flag + "=")]
+    return " ".join([f"python {script}", *map(shlex.quote, given)]).strip()
+
+
 def atomic_write_csv(path, rows: list[dict]) -> Path:
     """Rows (dicts with the same keys) as a CSV file with a header, written atomically; benchmarks record so."""
     import csv
