@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iama.algorithms import parse_algorithm  # noqa: E402
-from iama.ctrl import _default_family, plan, tradeoff  # noqa: E402
+from iama.ctrl import _default_family, plan, solve_log_beta, tradeoff  # noqa: E402
 from iama.transforms import parse_transform  # noqa: E402
 from iama.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe, safe_name  # noqa: E402
 
@@ -289,25 +289,15 @@ def initial_beta(phis, kl: float) -> float:
     def mean_kl(log_beta):
         return float(np.mean([tradeoff(phi, math.exp(log_beta))["kl"] for phi in phis]))
 
-    from scipy.optimize import brentq
-
     spread = max(float(np.std(phi(np.linspace(0.0, 1.0, 257)))) for phi in phis)
     if not spread > 0:
         raise InputError("the reward is the same on every reference sample of every training prompt: no beta "
                          "gives a KL above 0")
-    lo = hi = math.log(spread)
-    for _ in range(60):
-        if mean_kl(hi) < kl:
-            break
-        hi += 1.0
-    for _ in range(60):
-        if mean_kl(lo) > kl:
-            break
-        lo -= 1.0
-    else:
+    log_beta, lowest = solve_log_beta(mean_kl, kl, math.log(spread), step=1.0, tries=60, xtol=1e-10)
+    if log_beta is None:
         raise InputError(f"KL {kl:g} per completion is out of the 1-D model's reach for this reward (ties among the "
-                         f"reference samples): at beta {math.exp(lo):.3g} its KL is {mean_kl(lo):.3g}")
-    return float(math.exp(brentq(lambda lb: mean_kl(lb) - kl, lo, hi, xtol=1e-10)))
+                         f"reference samples): at beta {math.exp(lowest):.3g} its KL is {mean_kl(lowest):.3g}")
+    return float(math.exp(log_beta))
 
 
 def reward_phis(store, task: str, reward: str, transform: str) -> list:

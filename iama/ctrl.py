@@ -345,20 +345,30 @@ def beta_for_kl(transform, kl: float, algorithm=None) -> float:
     spread = scale * float(np.std(finite / scale)) if scale > 0 else 0.0  # a start for the bracket, no overflow
     if spread == 0:
         raise ValueError(f"transform {_name(transform)} is constant: its KL is 0 at every beta")
-    # KL falls monotonically in beta (d KL / d(1/beta) = Var(Phi) / beta > 0); bracket it in log beta
-    hi = lo = np.log(spread)
-    for _ in range(200):
-        if f(hi) < kl:
-            break
-        hi += 2.0
-    for _ in range(200):
-        if f(lo) > kl:
-            break
-        lo -= 2.0
-    else:
+    # KL falls monotonically in beta (d KL / d(1/beta) = Var(Phi) / beta > 0)
+    log_beta, lowest = solve_log_beta(f, kl, np.log(spread))
+    if log_beta is None:
         raise ValueError(f"KL budget {kl} is out of reach for transform {_name(transform)}: even as beta -> 0 "
-                         f"its KL stays below {f(lo):.4g}")
-    return float(np.exp(brentq(lambda lb: f(lb) - kl, lo, hi, xtol=1e-12, rtol=1e-12)))
+                         f"its KL stays below {f(lowest):.4g}")
+    return float(np.exp(log_beta))
+
+
+def solve_log_beta(kl_at, kl: float, start: float, step: float = 2.0, tries: int = 200, xtol: float = 1e-12):
+    """(log beta at which kl_at(log beta) = kl, the lowest log beta tried), for a KL that falls as beta grows:
+    bracketed from `start` in steps of `step`, then solved (brentq). The first is None when the KL stays below
+    `kl` even at the lowest beta tried: the budget is out of reach."""
+    hi = lo = start
+    for _ in range(tries):
+        if kl_at(hi) < kl:
+            break
+        hi += step
+    for _ in range(tries):
+        if kl_at(lo) > kl:
+            break
+        lo -= step
+    else:
+        return None, lo
+    return float(brentq(lambda lb: kl_at(lb) - kl, lo, hi, xtol=xtol, rtol=xtol)), lo
 
 
 # ---------------------------------------------------------------------------------------------------------------
